@@ -1,0 +1,1 @@
+"""Ensemble-Hub core engine."""

@@ -1,0 +1,46 @@
+"""Text helpers shared by generators and strategies: stop strings, step delimiters, repetition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Cut", "cut_text", "is_repetitive"]
+
+
+@dataclass(kw_only=True)
+class Cut:
+    """Where a piece of generated text must end, and why."""
+
+    text: str
+    reason: str  # "stop" | "delimiter"
+
+
+def cut_text(text: str, stop: list[str], delimiters: list[str]) -> Cut | None:
+    """Find the earliest stop string or step delimiter in freshly generated ``text``.
+
+    A stop string ends the answer and is dropped. A delimiter ends the segment and is kept; it only counts once
+    the segment holds some non-blank text, so a segment that opens with blank lines is not an empty step.
+
+    Returns:
+        The cut text and its reason, or None when the text may go on.
+    """
+    found: list[tuple[int, int, Cut]] = []
+    for s in stop:
+        i = text.find(s) if s else -1
+        if i != -1:
+            found.append((i, 0, Cut(text=text[:i], reason="stop")))
+    for d in delimiters:
+        i = text.find(d) if d else -1
+        while i != -1 and not text[:i].strip():
+            i = text.find(d, i + 1)
+        if i != -1:
+            found.append((i, 1, Cut(text=text[: i + len(d)], reason="delimiter")))
+    return min(found, key=lambda f: (f[0], f[1]))[2] if found else None
+
+
+def is_repetitive(segments: list[str], window: int = 3) -> bool:
+    """True when the last ``window`` accepted segments are the same non-empty text (a degenerate loop)."""
+    if len(segments) < window:
+        return False
+    tail = [s.strip() for s in segments[-window:]]
+    return bool(tail[0]) and all(t == tail[0] for t in tail)

@@ -1,0 +1,187 @@
+"""The ``ensemblehub`` command: ``ask``, ``run`` (datasets), ``models``, ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ensemblehub_core.exceptions import EnsembleHubError
+from ensemblehub_core.types import EnsembleResult, RoundTrace
+
+__all__ = ["main"]
+
+DEMO_QUESTIONS = [
+    "What is the capital of France? Answer in one sentence.",
+    "What is 15 + 27? Answer with the number.",
+    "Give one word that rhymes with 'cat'.",
+]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ensemblehub", description="LLM ensemble inference")
+    p.add_argument("-v", "--verbose", action="store_true", help="log loading and progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="YAML config (default: the packaged config with the embedded models)")
+        sp.add_argument("--ensemble", help="ensemble name (default: the config's default)")
+        sp.add_argument("--max-tokens", type=int)
+        sp.add_argument("--temperature", type=float)
+        sp.add_argument("--seed", type=int)
+
+    ask = sub.add_parser("ask", help="answer questions and print each round's trace")
+    common(ask)
+    ask.add_argument("questions", nargs="*", help="questions (default: a few demo questions)")
+    ask.add_argument("--no-trace", action="store_true", help="print only the answers")
+    ask.add_argument("--stream", action="store_true", help="print segments as they are accepted")
+
+    run = sub.add_parser("run", help="run a dataset (JSON/JSONL) and write JSONL results")
+    common(run)
+    run.add_argument("--input", required=True, help="JSON or JSONL with a question/prompt/messages field")
+    run.add_argument("--output", required=True, help="JSONL output, one line per example")
+    run.add_argument("--max-examples", type=int)
+    run.add_argument("--resume", action="store_true", help="skip examples already in the output")
+    run.add_argument("--full-trace", action="store_true", help="store every candidate's text in the trace")
+
+    models = sub.add_parser("models", help="list the configured ensembles and their members")
+    models.add_argument("--config")
+    models.add_argument("--json", action="store_true")
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the configured ensembles")
+    serve.add_argument("--config")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9876)
+    serve.add_argument("--api-key", help="require this bearer key (or set ENSEMBLEHUB_API_KEY)")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in {"max_tokens": args.max_tokens, "temperature": args.temperature,
+                              "seed": args.seed}.items() if v is not None}
+
+
+def _print_trace(rounds: list[RoundTrace]) -> None:
+    for r in rounds:
+        scores = ", ".join(
+            f"{c.member}={'-' if s is None else f'{s:.3f}'}"
+            for c, s in zip(r.candidates, r.scores or [None] * len(r.candidates), strict=False)
+        )
+        failed = "".join(f" [{m} failed: {e}]" for m, e in r.errors.items())
+        print(f"  round {r.index}: winner {r.winner} ({scores}) {r.accepted_tokens} tok "
+              f"gen {r.generate_s:.2f}s score {r.score_s:.2f}s{failed} {json.dumps(r.accepted_text)}")
+        if r.note:
+            print(f"    {r.note}")
+
+
+def _print_result(question: str, result: EnsembleResult, trace: bool) -> None:
+    print(f"\nQ: {question}")
+    print(f"A: {result.text.strip()}")
+    u = result.usage
+    print(f"   [{result.strategy}, {len(result.trace)} rounds, finish={result.finish_reason}, "
+          f"{u.completion_tokens} tokens kept / {sum(u.member_tokens.values())} generated, {result.elapsed_s:.1f}s]")
+    if trace:
+        _print_trace(result.trace)
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from ensemblehub_core.hub import Hub
+
+    hub = Hub(args.config)
+    ens = hub.ensemble(args.ensemble)
+    print(f"ensemble '{ens.name}': members {', '.join(ens.members)}; strategy {ens.strategy.name}; "
+          f"scorers {', '.join(ens.panel.names) if ens.panel else 'none'}")
+    for q in args.questions or DEMO_QUESTIONS:
+        if args.stream:
+            print(f"\nQ: {q}\nA: ", end="", flush=True)
+            for chunk in ens.stream(q, **_overrides(args)):
+                print(chunk.text, end="", flush=True)
+                if chunk.result is not None and not args.no_trace:
+                    print()
+                    _print_trace(chunk.result.trace)
+            print()
+        else:
+            _print_result(q, ens.generate(q, **_overrides(args)), not args.no_trace)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ensemblehub_core.batch import run_batch
+    from ensemblehub_core.hub import Hub
+
+    ens = Hub(args.config).ensemble(args.ensemble)
+    bar = tqdm(desc=f"{ens.name}", unit="ex", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        summary = run_batch(ens, args.input, args.output, max_examples=args.max_examples, resume=args.resume,
+                            params=_overrides(args), progress=progress, full_trace=args.full_trace)
+    finally:
+        bar.close()
+    print(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped (already in the output) "
+          f"in {summary.elapsed_s:.1f}s -> {args.output}")
+    return 1 if summary.failed and not summary.done else 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from ensemblehub_core.hub import Hub
+    from ensemblehub_core.registry import BACKENDS, SCORERS, STRATEGIES
+
+    hub = Hub(args.config)
+    info = hub.describe()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"config: {hub.config.source}")
+    for e in info:
+        mark = " (default)" if e["default"] else ""
+        strategy = ", ".join(f"{k}={v}" for k, v in e["strategy"].items() if k != "name")
+        print(f"\n{e['name']}{mark}: {e['description']}")
+        print(f"  strategy: {e['strategy']['name']}" + (f" ({strategy})" if strategy else ""))
+        for m in e["members"]:
+            print(f"  member  {m['name']}: {m['backend']} {m['model'] or ''}")
+        for s in e["scorers"]:
+            print(f"  scorer  {s['type']} on {s['member'] or s['model']} (weight {s['weight']})")
+    print("\navailable strategies: " + ", ".join(sorted(STRATEGIES)))
+    print("available backends:   " + ", ".join(sorted(BACKENDS)))
+    print("available scorers:    " + ", ".join(sorted(SCORERS)))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from ensemblehub_integrations.server import serve
+    except ImportError as exc:
+        raise EnsembleHubError(f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'") from exc
+    serve(config=args.config, host=args.host, port=args.port, api_key=args.api_key)
+    return 0
+
+
+_COMMANDS = {"ask": _cmd_ask, "run": _cmd_run, "models": _cmd_models, "serve": _cmd_serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ensemblehub`` command."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return _COMMANDS[args.command](args)
+    except EnsembleHubError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; finished examples are saved (rerun with --resume to continue)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""`Ensemble`: members + scorer panel + strategy, with sync/async generate and stream.
+
+```python
+ens = Ensemble([qwen, smol], scorer=JudgeScorer("judge", qwen), strategy="segment")
+result = ens.generate("What is 12 * 7?")
+for chunk in ens.stream("Name a prime above 100."):
+    print(chunk.text, end="")
+```
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ensemblehub_core._sync import iterate_sync, run_sync
+from ensemblehub_core.exceptions import ConfigError, InputError
+from ensemblehub_core.generators.base import Generator
+from ensemblehub_core.registry import resolve
+from ensemblehub_core.scorers.base import Scorer, ScoringPanel
+from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy
+from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
+
+__all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "to_messages"]
+
+PromptLike = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
+
+
+@dataclass(kw_only=True)
+class EnsembleChunk:
+    """One streamed piece: the text accepted this round; the last chunk has ``result`` set and no text."""
+
+    text: str
+    round: RoundTrace | None = None
+    result: EnsembleResult | None = None
+
+
+def to_messages(prompt: PromptLike) -> list[Message]:
+    """Accept a string, a message, a dict or a list of either; reject anything empty."""
+    if isinstance(prompt, str):
+        items: list[Any] = [Message(role="user", content=prompt)]
+    elif isinstance(prompt, Message | Mapping):
+        items = [prompt]
+    else:
+        items = list(prompt)
+    messages = []
+    for i, m in enumerate(items):
+        if isinstance(m, Mapping):
+            if "content" not in m or not isinstance(m.get("content"), str):
+                raise InputError(f"message {i} needs a string 'content' field")
+            m = Message(role=str(m.get("role", "user")), content=m["content"])
+        elif not isinstance(m, Message):
+            raise InputError(f"message {i} must be a dict with 'role' and 'content' or a Message, not "
+                             f"{type(m).__name__}")
+        messages.append(m)
+    if not messages or not any(m.content.strip() for m in messages):
+        raise InputError("the prompt is empty; pass a question or at least one non-empty message")
+    return messages
+
+
+class Ensemble:
+    """Several generators answering together under one strategy.
+
+    Args:
+        members: Generators (names must be unique), or a mapping name → generator.
+        scorer: A scorer, a `ScoringPanel`, or None (fine for one member or scorer-free strategies).
+        strategy: A `Strategy` instance or a registered strategy name.
+        strategy_params: Parameters for a strategy given by name.
+        defaults: Generation defaults; per-call keyword arguments override them.
+        policy: Member timeout / retry policy.
+        name: Name shown in results and traces.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Generator] | Mapping[str, Generator],
+        *,
+        scorer: Scorer | ScoringPanel | None = None,
+        strategy: Strategy | str = "segment",
+        strategy_params: Mapping[str, Any] | None = None,
+        defaults: GenerationParams | None = None,
+        policy: MemberPolicy | None = None,
+        name: str = "ensemble",
+    ) -> None:
+        if isinstance(members, Mapping):
+            self.members = dict(members)
+        else:
+            self.members = {}
+            for g in members:
+                if g.name in self.members:
+                    raise ConfigError(f"two members are named '{g.name}'; member names must be unique")
+                self.members[g.name] = g
+        if not self.members:
+            raise ConfigError("an ensemble needs at least one member")
+        self.panel = ScoringPanel([(scorer, 1.0)]) if isinstance(scorer, Scorer) else scorer
+        if isinstance(strategy, str):
+            cls = resolve("strategy", strategy)
+            strategy = cls(cls.Params(**(strategy_params or {})))
+        self.strategy: Strategy = strategy
+        self.strategy.check(self.members, self.panel)
+        self.defaults = defaults or GenerationParams()
+        self.policy = policy or MemberPolicy()
+        self.name = name
+
+    # -- async core -----------------------------------------------------------------------------------------
+    async def astream(self, prompt: PromptLike, **params: Any) -> AsyncIterator[EnsembleChunk]:
+        """Yield each round's accepted text as it is decided, then a final chunk carrying the result.
+
+        Keyword arguments override generation defaults: ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
+        ``seed``.
+        """
+        gen_params = self._params(params)
+        ctx = RunContext(
+            messages=to_messages(prompt),
+            params=gen_params,
+            members=self.members,
+            panel=self.panel,
+            policy=self.policy,
+            rng=random.Random(gen_params.seed),
+        )
+        started = time.perf_counter()
+        rounds: list[RoundTrace] = []
+        agen = self.strategy.run(ctx)
+        try:
+            async for trace in agen:
+                rounds.append(trace)
+                yield EnsembleChunk(text=trace.accepted_text, round=trace)
+        finally:
+            await agen.aclose()  # type: ignore[attr-defined]
+        yield EnsembleChunk(text="", result=self._result(ctx, rounds, time.perf_counter() - started))
+
+    async def agenerate(self, prompt: PromptLike, **params: Any) -> EnsembleResult:
+        """Run to completion and return the answer with usage and trace."""
+        result: EnsembleResult | None = None
+        async for chunk in self.astream(prompt, **params):
+            result = chunk.result or result
+        assert result is not None
+        return result
+
+    # -- sync faces ------------------------------------------------------------------------------------------
+    def generate(self, prompt: PromptLike, **params: Any) -> EnsembleResult:
+        """Sync `agenerate`."""
+        return run_sync(self.agenerate(prompt, **params))
+
+    def stream(self, prompt: PromptLike, **params: Any) -> Iterator[EnsembleChunk]:
+        """Sync `astream`."""
+        return iterate_sync(self.astream(prompt, **params))
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _params(self, overrides: Mapping[str, Any]) -> GenerationParams:
+        allowed = {"max_tokens", "temperature", "top_p", "stop", "seed"}
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        stop = overrides.get("stop")
+        merged = self.defaults.merged(**{**overrides, "stop": [stop] if isinstance(stop, str) else stop})
+        if merged.max_tokens <= 0:
+            raise InputError(f"max_tokens must be positive, got {merged.max_tokens}")
+        if merged.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {merged.temperature}")
+        if not 0 < merged.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {merged.top_p}")
+        return merged
+
+    def _result(self, ctx: RunContext, rounds: list[RoundTrace], elapsed: float) -> EnsembleResult:
+        member_tokens = {name: 0 for name in self.members}
+        for r in rounds:
+            for c in r.candidates:
+                member_tokens[c.member] = member_tokens.get(c.member, 0) + c.token_count
+        usage = Usage(
+            prompt_tokens=ctx.prompt_tokens,
+            completion_tokens=sum(r.accepted_tokens for r in rounds),
+            member_tokens=member_tokens,
+        )
+        return EnsembleResult(
+            text="".join(r.accepted_text for r in rounds),
+            finish_reason="stop" if ctx.finish_reason == "stop" else "length",
+            usage=usage,
+            trace=rounds,
+            ensemble=self.name,
+            strategy=self.strategy.name,
+            elapsed_s=elapsed,
+            extra=ctx.extra,
+        )
+
+    def __repr__(self) -> str:
+        return f"Ensemble(name={self.name!r}, members={list(self.members)}, strategy={self.strategy.name!r})"

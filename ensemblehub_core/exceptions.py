@@ -1,0 +1,71 @@
+"""The one exception tree of Ensemble-Hub.
+
+```
+EnsembleHubError
+ ├── ConfigError          bad YAML, unknown ensemble / member / strategy / scorer name, invalid parameter
+ ├── ModelLoadError       weights or a model package missing, conversion failed, missing extra
+ ├── InputError           a bad request: empty prompt, prompt longer than a member's context, bad dataset line
+ ├── CapabilityError      a strategy asked a member for something its backend cannot do
+ ├── GeneratorError       a member failed while generating (carries the member name)
+ ├── ScorerError          a scorer failed while scoring
+ └── AllMembersFailed     every member of a round failed (carries each member's error)
+```
+
+Errors raised by third-party libraries are mapped to these once, at the boundary where they are called
+(``raise GeneratorError(...) from exc``), so callers only ever catch this tree.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AllMembersFailed",
+    "CapabilityError",
+    "ConfigError",
+    "EnsembleHubError",
+    "GeneratorError",
+    "InputError",
+    "ModelLoadError",
+    "ScorerError",
+]
+
+
+class EnsembleHubError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(EnsembleHubError):
+    """The configuration is invalid; the message names the key and what is allowed."""
+
+
+class ModelLoadError(EnsembleHubError):
+    """A model could not be located, converted or loaded; the message says how to fix it."""
+
+
+class InputError(EnsembleHubError):
+    """The request or a dataset line is invalid; the message names the field."""
+
+
+class CapabilityError(EnsembleHubError):
+    """A strategy needs a capability (e.g. next-token distributions) that a member's backend lacks."""
+
+
+class GeneratorError(EnsembleHubError):
+    """A member failed while generating."""
+
+    def __init__(self, member: str, message: str) -> None:
+        super().__init__(f"member '{member}': {message}")
+        self.member = member
+        self.reason = message
+
+
+class ScorerError(EnsembleHubError):
+    """A scorer failed while scoring candidates."""
+
+
+class AllMembersFailed(EnsembleHubError):
+    """Every member of a round failed; ``errors`` maps each member to its error message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        detail = "; ".join(f"{name}: {err}" for name, err in errors.items())
+        super().__init__(f"all members failed: {detail}")
+        self.errors = dict(errors)

@@ -1,0 +1,138 @@
+"""The `Generator` ABC: one member of an ensemble, whatever backend runs it.
+
+A generator continues an assistant turn: given the conversation and the text already accepted for the answer
+(the prefix), it writes up to ``max_new_tokens`` more, stopping early at a stop string (dropped), a step delimiter
+(kept) or its end-of-sequence token. Backends that can keep state between rounds (a KV cache) return a stateful
+`GeneratorSession` from `open_session`; the default session re-sends the whole prefix every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ensemblehub_core.types import Candidate, Message
+
+__all__ = ["Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
+
+
+@dataclass(kw_only=True)
+class SegmentRequest:
+    """How much to write and when to stop, for one candidate.
+
+    Attributes:
+        max_new_tokens: Token budget of this candidate.
+        stop: Stop strings; text from the first one on is dropped and the answer ends.
+        delimiters: Step delimiters (e.g. ``"\\n\\n"``); the segment ends right after one.
+        temperature: 0 for greedy.
+        top_p: Nucleus mass when sampling.
+        seed: Sampling seed (None: nondeterministic).
+    """
+
+    max_new_tokens: int
+    stop: list[str] = field(default_factory=list)
+    delimiters: list[str] = field(default_factory=list)
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class GeneratorSession(ABC):
+    """A member's view of one conversation while an answer is being built.
+
+    The session owns the accepted prefix. `generate` proposes a continuation without committing it; `accept`
+    commits the text the strategy kept (which may come from another member).
+    """
+
+    prompt_tokens: int = 0
+
+    @abstractmethod
+    async def generate(self, request: SegmentRequest) -> Candidate:
+        """Propose the next segment from the current prefix."""
+
+    @abstractmethod
+    def accept(self, text: str, own: Candidate | None = None) -> None:
+        """Append accepted ``text`` to the prefix.
+
+        Args:
+            text: The text to append.
+            own: This member's own candidate when it is the one accepted, so a backend can keep the work it did.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release per-conversation state (KV caches)."""
+
+
+class Generator(ABC):
+    """One ensemble member.
+
+    Subclasses implement `complete`. Capabilities are class attributes so a strategy can check them before
+    it starts and fail with a clear message.
+    """
+
+    #: Can keep a KV cache across rounds (its sessions cost only the new tokens).
+    supports_incremental: ClassVar[bool] = False
+    #: Can return the full next-token distribution (token-level strategies).
+    supports_distributions: ClassVar[bool] = False
+    #: Can return top-k log-probabilities of generated tokens.
+    supports_top_logprobs: ClassVar[bool] = False
+    #: Runs on this machine's compute; such members of one round are run one at a time per device
+    #: (running them together only makes them fight for the same cores).
+    local_compute: ClassVar[bool] = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
+        """Continue the assistant turn that starts with ``prefix``.
+
+        Returns:
+            A candidate holding only the new text (not the prefix).
+        """
+
+    async def complete_many(
+        self, prompts: Sequence[tuple[Sequence[Message], str]], request: SegmentRequest
+    ) -> list[Candidate]:
+        """Continue several independent prompts; backends that can batch override this."""
+        return list(await asyncio.gather(*(self.complete(m, p, request) for m, p in prompts)))
+
+    def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
+        """Start building one answer.
+
+        Args:
+            messages: The conversation.
+            incremental: Keep backend state across rounds where the backend can; False forces the
+                re-send-everything behaviour (used to measure what incremental decoding saves).
+        """
+        return PrefixSession(self, messages)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this member's tokenizer (a word count where the backend has none)."""
+        return len(text.split())
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by the generator (servers, clients). Pooled weights stay in the pool."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class PrefixSession(GeneratorSession):
+    """Stateless session: keeps the prefix as text and re-sends it with every call."""
+
+    def __init__(self, generator: Generator, messages: Sequence[Message]) -> None:
+        self.generator = generator
+        self.messages = list(messages)
+        self.prefix = ""
+
+    async def generate(self, request: SegmentRequest) -> Candidate:
+        cand = await self.generator.complete(self.messages, self.prefix, request)
+        self.prompt_tokens = cand.prompt_tokens
+        return cand
+
+    def accept(self, text: str, own: Candidate | None = None) -> None:
+        self.prefix += text

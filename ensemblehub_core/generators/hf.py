@@ -1,0 +1,334 @@
+"""`HFGenerator`: a local model run with Hugging Face transformers.
+
+Sessions keep the member's KV cache for the prompt and the accepted prefix. Each round only the tokens that
+are new to this member are run through the model: its own accepted segment costs nothing more, another member's
+winning segment costs one forward pass over just that text. Rolling back a losing candidate crops the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ensemblehub_core._text import cut_text
+from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
+from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
+from ensemblehub_core.types import Candidate, Message
+
+if TYPE_CHECKING:
+    from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.hub import BuildContext
+    from ensemblehub_core.models import LoadedModel
+
+__all__ = ["HFGenerator", "HFSession", "render_plain"]
+
+
+def render_plain(messages: Sequence[Message]) -> str:
+    """Flatten a conversation for a model without a chat template.
+
+    A single user message is passed as it is; longer conversations become ``Role: text`` paragraphs.
+    """
+    if len(messages) == 1 and messages[0].role == "user":
+        return messages[0].content
+    return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in messages)
+
+
+class HFGenerator(Generator):
+    """A transformers causal LM as an ensemble member.
+
+    Args:
+        name: Member name.
+        loaded: The pooled model and tokenizer (see `ModelPool`).
+        prompt_format: ``"chat"`` to use the tokenizer's chat template, or a template with ``{input}`` for
+            models without one (e.g. a few-shot prompt for a base model). Default: chat when the tokenizer has
+            a template, else ``"{input}"``.
+        system_prompt: Added as a system message when the conversation has none (chat format only).
+        end_strings: Strings that end this member's answer as its EOS would (e.g. ``"\nQuestion:"`` for a
+            few-shot base model that would otherwise write the next question itself).
+    """
+
+    supports_incremental = True
+    supports_distributions = True
+    supports_top_logprobs = True
+    local_compute = True
+
+    def __init__(
+        self,
+        name: str,
+        loaded: LoadedModel,
+        *,
+        prompt_format: str | None = None,
+        system_prompt: str | None = None,
+        end_strings: Sequence[str] = (),
+    ) -> None:
+        super().__init__(name)
+        self.end_strings = [e for e in end_strings if e]
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = set(loaded.eos_token_ids)
+        fmt = prompt_format or ("chat" if loaded.has_chat_template else "{input}")
+        if fmt == "chat" and not loaded.has_chat_template:
+            raise InputError(
+                f"member '{name}': prompt_format 'chat' needs a chat template, and {loaded.spec.source} has none; "
+                "set prompt_format to a template with {input}, e.g. 'Question: {input}\\nAnswer:'"
+            )
+        if fmt != "chat" and "{input}" not in fmt:
+            raise InputError(f"member '{name}': prompt_format must be 'chat' or contain {{input}}, got {fmt!r}")
+        self.prompt_format = fmt
+        self.system_prompt = system_prompt
+
+    # -- prompts and tokens --------------------------------------------------------------------------------
+    def render_prompt(self, messages: Sequence[Message]) -> str:
+        """The prompt text this member sees before the assistant's answer."""
+        if self.prompt_format != "chat":
+            return self.prompt_format.replace("{input}", render_plain(messages))
+        msgs = [m.to_dict() for m in messages]
+        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return str(self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of the prompt (special tokens from the template, or the tokenizer's BOS for plain text)."""
+        text = self.render_prompt(messages)
+        ids = self.tokenizer.encode(text, add_special_tokens=self.prompt_format != "chat")
+        if len(ids) >= self.loaded.context_length:
+            raise InputError(
+                f"member '{self.name}': the prompt is {len(ids)} tokens, longer than its context of "
+                f"{self.loaded.context_length}; shorten the prompt or drop this member"
+            )
+        return list(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # -- generation ----------------------------------------------------------------------------------------
+    def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
+        if not incremental:
+            return PrefixSession(self, messages)
+        return HFSession(self, messages)
+
+    async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
+        session = HFSession(self, messages, prefix=prefix)
+        try:
+            return await session.generate(request)
+        finally:
+            session.close()
+
+    async def complete_many(
+        self, prompts: Sequence[tuple[Sequence[Message], str]], request: SegmentRequest
+    ) -> list[Candidate]:
+        if len(prompts) <= 1:
+            return [await self.complete(m, p, request) for m, p in prompts]
+        ids = [self.encode_prompt(m) + self.encode(p) for m, p in prompts]
+        return await asyncio.to_thread(self._batch_decode, ids, request)
+
+    def _batch_decode(self, prompts: list[list[int]], request: SegmentRequest) -> list[Candidate]:
+        """Decode several prompts in shared forward passes (left padding)."""
+        import torch
+
+        from ensemblehub_core._torch import device_lock, pick_token, seeded_generator
+
+        start = time.perf_counter()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(p) for p in prompts)
+        budget = min(request.max_new_tokens, self.loaded.context_length - width)
+        dev = self.model.device
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+        gen = seeded_generator(request.seed)
+        new: list[list[int]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        finish = ["length"] * len(prompts)
+        done = [False] * len(prompts)
+        try:
+            with device_lock(str(dev)), torch.inference_mode():
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=self.model.config)
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self._batch_forward(input_ids, mask, positions, cache)
+                for step in range(budget):
+                    step_tokens = []
+                    for row in range(len(prompts)):
+                        tok = pad if done[row] else pick_token(logits[row], request.temperature, request.top_p, gen)
+                        step_tokens.append(tok)
+                        if not done[row]:
+                            done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
+                    if all(done) or step == budget - 1:
+                        break
+                    mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=dev)], dim=1)
+                    positions = positions[:, -1:] + 1
+                    logits = self._batch_forward(torch.tensor([step_tokens], device=dev).T, mask, positions, cache)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise GeneratorError(self.name, f"{type(exc).__name__}: {exc}") from exc
+        elapsed = time.perf_counter() - start
+        return [
+            Candidate(
+                member=self.name,
+                text=texts[i],
+                token_count=len(new[i]),
+                prompt_tokens=len(prompts[i]),
+                finish_reason=finish[i],  # type: ignore[arg-type]
+                elapsed_s=elapsed,
+            )
+            for i in range(len(prompts))
+        ]
+
+    def _batch_forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].float()
+
+    def _advance(self, new: list[int], tok: int, request: SegmentRequest) -> tuple[bool, str, str]:
+        """Add one sampled token; return (done, finish reason, text so far)."""
+        if tok in self.eos_ids:
+            return True, "eos", self.decode(new)
+        new.append(tok)
+        text = self.decode(new)
+        end = cut_text(text, self.end_strings, [])
+        if end is not None:
+            return True, "eos", end.text
+        cut = cut_text(text, request.stop, request.delimiters)
+        if cut is not None:
+            return True, cut.reason, cut.text
+        return False, "length", text
+
+
+@dataclass(kw_only=True)
+class _Proposal:
+    """The last candidate a session generated and has not yet been told the fate of."""
+
+    ids: list[int]
+    text: str
+    fed: int  # how many of ``ids`` are already in the KV cache
+    exact: bool  # text is exactly the decoded ids (nothing was cut away)
+    candidate: Candidate
+
+
+class HFSession(GeneratorSession):
+    """One conversation on one local member, with its KV cache kept across rounds."""
+
+    def __init__(self, generator: HFGenerator, messages: Sequence[Message], *, prefix: str = "") -> None:
+        self.gen = generator
+        prompt = generator.encode_prompt(messages)
+        self.prompt_tokens = len(prompt)
+        self.ids: list[int] = prompt + generator.encode(prefix)
+        self.cache: Any = None
+        self.cached = 0  # how many leading positions of ids (+ a proposal) the cache holds
+        self.proposal: _Proposal | None = None
+        self.forwarded_tokens = 0  # tokens run through the model: the work this session did
+
+    async def generate(self, request: SegmentRequest) -> Candidate:
+        return await asyncio.to_thread(self._generate, request)
+
+    def _generate(self, request: SegmentRequest) -> Candidate:
+        from ensemblehub_core._torch import device_lock
+
+        if self.proposal is not None:  # a proposal nobody accepted: forget it
+            self._drop_proposal()
+        try:
+            with device_lock(str(self.gen.model.device)):
+                return self._decode(request)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise GeneratorError(self.gen.name, f"{type(exc).__name__}: {exc}") from exc
+
+    def _decode(self, request: SegmentRequest) -> Candidate:
+        from ensemblehub_core._torch import forward, make_cache, pick_token, seeded_generator
+
+        start = time.perf_counter()
+        budget = min(request.max_new_tokens, self.gen.loaded.context_length - len(self.ids))
+        if budget <= 0:
+            raise InputError(
+                f"member '{self.gen.name}': no room left in its context of {self.gen.loaded.context_length} tokens"
+            )
+        if self.cache is None:
+            self.cache, self.cached = make_cache(self.gen.model), 0
+        if self.cached >= len(self.ids):  # all cached: re-run the last token to get its logits
+            self._rollback(self.cached - len(self.ids) + 1)
+        pending = self.ids[self.cached :]
+        logits = forward(self.gen.model, pending, self.cache)
+        self.forwarded_tokens += len(pending)
+        self.cached = len(self.ids)
+        gen = seeded_generator(request.seed)
+        new: list[int] = []
+        fed, finish, text = 0, "length", ""
+        for step in range(budget):
+            tok = pick_token(logits, request.temperature, request.top_p, gen)
+            done, finish, text = self.gen._advance(new, tok, request)
+            if done or step == budget - 1:
+                break
+            logits = forward(self.gen.model, [tok], self.cache)
+            fed += 1
+        self.forwarded_tokens += fed
+        self.cached += fed
+        cand = Candidate(
+            member=self.gen.name,
+            text=text,
+            token_count=len(new) + (1 if finish == "eos" else 0),
+            prompt_tokens=self.prompt_tokens,
+            finish_reason=finish,  # type: ignore[arg-type]
+            elapsed_s=time.perf_counter() - start,
+        )
+        exact = text == self.gen.decode(new)
+        self.proposal = _Proposal(ids=new, text=text, fed=fed, exact=exact, candidate=cand)
+        return cand
+
+    def accept(self, text: str, own: Candidate | None = None) -> None:
+        prop = self.proposal
+        if prop is not None and own is prop.candidate and prop.exact and text == prop.text:
+            # Our own segment won: its tokens are already in the cache (all but the last one).
+            self.proposal = None
+            self.ids += prop.ids
+            from ensemblehub_core._torch import rollback
+
+            if self.cache is not None and not rollback(self.cache, 0):
+                self.cache, self.cached = None, 0
+            return
+        self._drop_proposal()
+        self.ids += self.gen.encode(text)
+
+    def _drop_proposal(self) -> None:
+        self.proposal = None
+        self._rollback(self.cached - len(self.ids))
+
+    def _rollback(self, tokens: int) -> None:
+        from ensemblehub_core._torch import rollback
+
+        if tokens <= 0 or self.cache is None:
+            return
+        if rollback(self.cache, tokens):
+            self.cached -= tokens
+        else:  # this cache type cannot roll back: start over from the token ids
+            self.cache, self.cached = None, 0
+
+    def close(self) -> None:
+        self.cache, self.proposal = None, None
+
+
+def build(cfg: MemberConfig, ctx: BuildContext) -> HFGenerator:
+    """Build an `HFGenerator` from a member config, loading weights through the pool."""
+    from ensemblehub_core.models import ModelSpec
+
+    if not cfg.model:
+        raise ConfigError(f"member '{cfg.name}': backend 'hf' needs 'model' (e.g. embedded:smollm2-135m-instruct)")
+    spec = ModelSpec(source=cfg.model, dtype=cfg.dtype, device=cfg.device,
+                     gguf_file=cfg.options.get("gguf_file"),
+                     trust_remote_code=bool(cfg.options.get("trust_remote_code", False)))
+    return HFGenerator(cfg.name, ctx.pool.get(spec), prompt_format=cfg.prompt_format,
+                       system_prompt=cfg.system_prompt, end_strings=cfg.options.get("end_strings", ()))

@@ -1,0 +1,81 @@
+"""Name → implementation registries for backends, scorers and strategies.
+
+Entries are import paths, imported only when used, so a heavy library (torch, vllm, litellm) loads only for
+the configurations that need it. A missing optional dependency becomes an error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from ensemblehub_core.exceptions import ConfigError, ModelLoadError
+
+__all__ = ["BACKENDS", "SCORERS", "STRATEGIES", "Entry", "register", "resolve"]
+
+
+@dataclass(kw_only=True, frozen=True)
+class Entry:
+    """Where an implementation lives and which extra installs what it needs."""
+
+    path: str  # "package.module:attribute"
+    extra: str | None = None
+    summary: str = ""
+
+
+BACKENDS: dict[str, Entry] = {
+    "hf": Entry(path="ensemblehub_core.generators.hf:build", extra="hf",
+                summary="local model via transformers (hub id, folder, GGUF, embedded package)"),
+    "function": Entry(path="ensemblehub_core.generators.function:build",
+                      summary="a Python callable 'module:function' (tests, prototyping)"),
+}
+
+SCORERS: dict[str, Entry] = {
+    "likelihood": Entry(path="ensemblehub_core.scorers.build:likelihood", extra="hf",
+                        summary="mean log-probability under a local model"),
+    "judge": Entry(path="ensemblehub_core.scorers.build:judge", extra="hf",
+                   summary="P(yes) of a local model asked whether the step is correct"),
+    "prm": Entry(path="ensemblehub_core.scorers.build:prm", extra="hf",
+                 summary="process reward model, Qwen2.5-Math-PRM protocol"),
+    "reward_model": Entry(path="ensemblehub_core.scorers.build:reward_model", extra="hf",
+                          summary="sequence-classification reward model"),
+    "function": Entry(path="ensemblehub_core.scorers.build:function",
+                      summary="a Python callable 'module:function'"),
+}
+
+STRATEGIES: dict[str, Entry] = {
+    "segment": Entry(path="ensemblehub_core.strategies.segment:SegmentStrategy",
+                     summary="reward-guided segments: every member writes a segment, the best is kept"),
+    "random": Entry(path="ensemblehub_core.strategies.segment:RandomStrategy",
+                    summary="baseline: a random member writes each segment"),
+    "single": Entry(path="ensemblehub_core.strategies.segment:SingleStrategy",
+                    summary="baseline: one member answers alone"),
+}
+
+_KINDS = {"backend": BACKENDS, "scorer": SCORERS, "strategy": STRATEGIES}
+
+
+def register(kind: str, name: str, path: str, *, extra: str | None = None, summary: str = "") -> None:
+    """Add or replace an implementation (``kind``: backend, scorer or strategy)."""
+    _KINDS[kind][name] = Entry(path=path, extra=extra, summary=summary)
+
+
+def resolve(kind: str, name: str) -> Any:
+    """Import and return the implementation registered as ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones).
+        ModelLoadError: the implementation's optional dependencies are not installed.
+    """
+    table = _KINDS[kind]
+    entry = table.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown {kind} '{name}'; known: {', '.join(sorted(table))}")
+    module_name, _, attr = entry.path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"pip install 'ensemblehub[{entry.extra}]'" if entry.extra else "check your installation"
+        raise ModelLoadError(f"{kind} '{name}' needs a package that is not installed ({exc.name}): {hint}") from exc
+    return getattr(module, attr)

@@ -1,0 +1,87 @@
+"""Build scorers from config (`ScorerConfig`), sharing member models where the config says so."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ensemblehub_core.exceptions import ConfigError
+from ensemblehub_core.scorers.base import Scorer
+
+if TYPE_CHECKING:
+    from ensemblehub_core.config import ScorerConfig
+    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.hub import BuildContext
+
+__all__ = ["function", "judge", "likelihood", "prm", "reward_model"]
+
+
+def _local_generator(cfg: ScorerConfig, ctx: BuildContext) -> tuple[HFGenerator, str | None]:
+    """The local model a likelihood/judge scorer runs: a member's, or its own from ``model``."""
+    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.models import ModelSpec
+
+    if cfg.member is not None:
+        gen = ctx.members[cfg.member]
+        if not isinstance(gen, HFGenerator):
+            raise ConfigError(
+                f"scorer '{cfg.type}' needs a local (backend: hf) model, and member '{cfg.member}' is "
+                f"{type(gen).__name__}; point the scorer at an hf member or set 'model:'"
+            )
+        return gen, cfg.member
+    if not cfg.model:
+        raise ConfigError(f"scorer '{cfg.type}' needs 'member:' (a local member) or 'model:' (a model source)")
+    loaded = ctx.pool.get(ModelSpec(source=cfg.model, dtype=cfg.dtype, device=cfg.device))
+    return HFGenerator(cfg.display_name, loaded, prompt_format=cfg.options.get("prompt_format")), None
+
+
+def likelihood(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.likelihood import LikelihoodScorer
+
+    gen, member = _local_generator(cfg, ctx)
+    return LikelihoodScorer(cfg.display_name, gen, member=member)
+
+
+def judge(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.judge import DEFAULT_JUDGE_TEMPLATE, JudgeScorer
+
+    gen, member = _local_generator(cfg, ctx)
+    template = cfg.options.get("template", DEFAULT_JUDGE_TEMPLATE)
+    return JudgeScorer(cfg.display_name, gen, template=template, member=member)
+
+
+def _model_for(cfg: ScorerConfig, ctx: BuildContext, kind: str):  # type: ignore[no-untyped-def]
+    from ensemblehub_core.models import ModelSpec
+
+    if not cfg.model:
+        raise ConfigError(f"scorer '{cfg.type}' needs 'model:' (a hub id or a local folder of the checkpoint)")
+    trust = bool(cfg.options.get("trust_remote_code", False))
+    spec = ModelSpec(source=cfg.model, dtype=cfg.dtype, device=cfg.device, trust_remote_code=trust,
+                     kind=cfg.options.get("kind", "auto" if trust else kind))
+    return ctx.pool.get(spec)
+
+
+def prm(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.prm import DEFAULT_PRM_SYSTEM, PRMScorer
+
+    loaded = _model_for(cfg, ctx, "token_classification")
+    o = cfg.options
+    return PRMScorer(
+        cfg.display_name, loaded.model, loaded.tokenizer,
+        separator=o.get("separator", "<extra_0>"), step_delimiter=o.get("step_delimiter", "\n\n"),
+        aggregation=o.get("aggregation", "last"), system_prompt=o.get("system_prompt", DEFAULT_PRM_SYSTEM),
+    )
+
+
+def reward_model(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.reward_model import RewardModelScorer
+
+    loaded = _model_for(cfg, ctx, "sequence_classification")
+    return RewardModelScorer(cfg.display_name, loaded.model, loaded.tokenizer)
+
+
+def function(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.generators.function import import_callable
+    from ensemblehub_core.scorers.function import FunctionScorer
+
+    fn = import_callable(cfg.options.get("fn"), f"scorer '{cfg.display_name}' options.fn")
+    return FunctionScorer(cfg.display_name, fn, member=cfg.member)  # type: ignore[arg-type]

@@ -1,0 +1,130 @@
+"""The `Strategy` ABC and what a strategy run gets to work with (`RunContext`).
+
+A strategy drives rounds: it asks members for candidates, has them scored, keeps a winner and yields one
+`RoundTrace` per round, with the accepted text in ``accepted_text``. When it is done it sets
+``ctx.finish_reason``. Each strategy declares its parameters as a pydantic model (validated from YAML).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ensemblehub_core.exceptions import AllMembersFailed, EnsembleHubError, GeneratorError
+from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
+from ensemblehub_core.scorers.base import ScoringPanel
+from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTrace
+
+__all__ = ["MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates"]
+
+
+class StrategyParams(BaseModel):
+    """Base of every strategy's parameters: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(kw_only=True)
+class MemberPolicy:
+    """How members are called: per-call timeout (seconds, None for none) and retries with backoff."""
+
+    timeout_s: float | None = None
+    retries: int = 0
+    backoff_s: float = 0.5
+
+
+@dataclass(kw_only=True)
+class RunContext:
+    """Everything one strategy run needs; strategies fill in the outcome fields."""
+
+    messages: list[Message]
+    params: GenerationParams
+    members: Mapping[str, Generator]
+    panel: ScoringPanel | None
+    policy: MemberPolicy = field(default_factory=MemberPolicy)
+    rng: random.Random = field(default_factory=random.Random)
+    # outcome, set by the strategy
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Strategy(ABC):
+    """Decides, round by round, what the ensemble writes."""
+
+    #: Registry name (set by each subclass).
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams | None = None, **kwargs: Any) -> None:
+        self.params = params if params is not None else self.Params(**kwargs)
+
+    def check(self, members: Mapping[str, Generator], panel: ScoringPanel | None) -> None:  # noqa: B027
+        """Raise `ConfigError`/`CapabilityError` early when the members or scorer cannot run this strategy."""
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
+        """Yield one trace per round (an async generator)."""
+
+
+async def _call_with_policy(
+    name: str, session: GeneratorSession, request: SegmentRequest, policy: MemberPolicy
+) -> Candidate:
+    """One member call with the policy's timeout and retries; errors become `GeneratorError`."""
+    attempt = 0
+    while True:
+        try:
+            if policy.timeout_s is None:
+                return await session.generate(request)
+            return await asyncio.wait_for(session.generate(request), policy.timeout_s)
+        except TimeoutError as exc:
+            err: EnsembleHubError = GeneratorError(name, f"timed out after {policy.timeout_s:g} s")
+            cause: BaseException = exc
+        except GeneratorError as exc:
+            err, cause = exc, exc
+        except EnsembleHubError:
+            raise  # bad input or configuration: retrying cannot help
+        except Exception as exc:  # any backend failure is this member's failure, not the ensemble's
+            err, cause = GeneratorError(name, f"{type(exc).__name__}: {exc}"), exc
+        if attempt >= policy.retries:
+            raise err from cause
+        delay = getattr(cause, "retry_after", None) or policy.backoff_s * (2**attempt)
+        attempt += 1
+        await asyncio.sleep(float(delay))
+
+
+async def gather_candidates(
+    sessions: Mapping[str, GeneratorSession], request: SegmentRequest, policy: MemberPolicy
+) -> tuple[list[Candidate], dict[str, str]]:
+    """Ask every session for a candidate concurrently; return the successes and each failure's message.
+
+    Raises:
+        AllMembersFailed: when no member produced a candidate.
+    """
+    names = list(sessions)
+    results = await asyncio.gather(
+        *(_call_with_policy(n, sessions[n], request, policy) for n in names), return_exceptions=True
+    )
+    cands: list[Candidate] = []
+    errors: dict[str, str] = {}
+    for name, res in zip(names, results, strict=True):
+        if isinstance(res, GeneratorError):
+            errors[name] = res.reason
+        elif isinstance(res, BaseException):
+            raise res
+        else:
+            cands.append(res)
+    if not cands:
+        raise AllMembersFailed(errors)
+    return cands, errors
+
+
+def now() -> float:
+    return time.perf_counter()

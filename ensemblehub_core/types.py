@@ -1,0 +1,184 @@
+"""Plain values passed between the engine's parts (internal: dataclasses, not pydantic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "Candidate",
+    "EnsembleResult",
+    "FinishReason",
+    "GenerationParams",
+    "Message",
+    "RoundTrace",
+    "Usage",
+]
+
+#: Why a member stopped writing a candidate.
+#: ``eos``: the member emitted its end-of-sequence token; ``stop``: a stop string was reached (not included);
+#: ``delimiter``: a step delimiter ended the segment (included); ``length``: the token budget ran out;
+#: ``error``: the member failed.
+FinishReason = Literal["eos", "stop", "delimiter", "length", "error"]
+
+
+@dataclass(kw_only=True)
+class Message:
+    """One chat message."""
+
+    role: str
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(kw_only=True)
+class GenerationParams:
+    """Per-request generation settings shared by every member.
+
+    Attributes:
+        max_tokens: Budget for the whole answer, counted in the winning members' tokens.
+        temperature: 0 means greedy decoding.
+        top_p: Nucleus sampling mass (only used when temperature > 0).
+        stop: Stop strings; the answer ends before the first one.
+        seed: Seed for sampling and for random choices of strategies.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def merged(self, **overrides: Any) -> GenerationParams:
+        """Return a copy with the given non-None fields replaced."""
+        values = {k: getattr(self, k) for k in ("max_tokens", "temperature", "top_p", "stop", "seed")}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["stop"] = list(values["stop"])
+        return GenerationParams(**values)
+
+
+@dataclass(kw_only=True)
+class Candidate:
+    """What one member wrote in one round."""
+
+    member: str
+    text: str
+    token_count: int = 0
+    prompt_tokens: int = 0
+    finish_reason: FinishReason = "length"
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(kw_only=True)
+class RoundTrace:
+    """The record of one round: who wrote what, how each was scored, what was kept."""
+
+    index: int
+    candidates: list[Candidate]
+    scores: list[float | None] = field(default_factory=list)
+    scorer_scores: dict[str, list[float | None]] = field(default_factory=dict)
+    winner: str | None = None
+    winner_index: int | None = None
+    accepted_text: str = ""
+    accepted_tokens: int = 0
+    generate_s: float = 0.0
+    score_s: float = 0.0
+    errors: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """A compact JSON-able view (winner, scores per member, timing)."""
+        return {
+            "round": self.index,
+            "winner": self.winner,
+            "scores": {
+                c.member: (None if s is None else round(s, 4))
+                for c, s in zip(self.candidates, self.scores or [None] * len(self.candidates), strict=False)
+            },
+            "accepted_tokens": self.accepted_tokens,
+            "generate_s": round(self.generate_s, 3),
+            "score_s": round(self.score_s, 3),
+            **({"errors": self.errors} if self.errors else {}),
+            **({"note": self.note} if self.note else {}),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full record, JSON-able."""
+        return {
+            **self.summary(),
+            "accepted_text": self.accepted_text,
+            "candidates": [
+                {
+                    "member": c.member,
+                    "text": c.text,
+                    "tokens": c.token_count,
+                    "finish_reason": c.finish_reason,
+                    "elapsed_s": round(c.elapsed_s, 3),
+                    **({"error": c.error} if c.error else {}),
+                }
+                for c in self.candidates
+            ],
+            "scorer_scores": self.scorer_scores,
+        }
+
+
+@dataclass(kw_only=True)
+class Usage:
+    """Token accounting of one ensemble call.
+
+    ``prompt_tokens`` is the prompt length in the first member's tokenizer; ``completion_tokens`` counts the
+    accepted text in the tokens of the members that wrote it; ``member_tokens`` is every token each member
+    generated, kept or not (the real cost of the ensemble).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    member_tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "member_tokens": dict(self.member_tokens),
+        }
+
+
+@dataclass(kw_only=True)
+class EnsembleResult:
+    """The answer of an ensemble with its accounting and per-round trace.
+
+    ``finish_reason`` follows the OpenAI convention: ``stop`` (EOS or a stop string) or ``length``.
+    """
+
+    text: str
+    finish_reason: Literal["stop", "length"]
+    usage: Usage
+    trace: list[RoundTrace]
+    ensemble: str = ""
+    strategy: str = ""
+    elapsed_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, full_trace: bool = False) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage.to_dict(),
+            "ensemble": self.ensemble,
+            "strategy": self.strategy,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "trace": [r.to_dict() if full_trace else r.summary() for r in self.trace],
+            **({"extra": self.extra} if self.extra else {}),
+        }
