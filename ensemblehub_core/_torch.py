@@ -42,7 +42,7 @@ def rollback(cache: Any, tokens: int) -> bool:
 def forward(model: Any, ids: list[int], cache: Any) -> torch.Tensor:
     """Run ``ids`` through ``model`` on top of ``cache`` (updated in place); return the last position's logits."""
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
     return out.logits[0, -1].float()
 
 

@@ -129,9 +129,11 @@ def run_batch(
         examples = examples[:max_examples]
     out = Path(output_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    skip = finished_ids(out) if resume else set()
-    if not resume and out.exists():
+    if resume:
+        _drop_partial_line(out)
+    elif out.exists():
         out.unlink()  # a fresh run replaces old results; --resume keeps them
+    skip = finished_ids(out) if resume else set()
     summary = BatchSummary()
     started = time.perf_counter()
     with out.open("a", encoding="utf-8") as fh:
@@ -148,6 +150,15 @@ def run_batch(
                 progress(n, len(examples))
     summary.elapsed_s = time.perf_counter() - started
     return summary
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line left half-written by a crash, so appended lines stay one JSON object each."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
 def _run_one(ensemble: Ensemble, ex: Example, params: dict[str, Any], full_trace: bool) -> dict[str, Any]:

@@ -188,7 +188,7 @@ class HFGenerator(Generator):
 
     def _batch_forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
             logits_to_keep=1,
         )
         return out.logits[:, -1].float()

@@ -88,7 +88,7 @@ class LikelihoodScorer(Scorer):
 
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.gen.model.device)
         with torch.inference_mode():
-            out = self.gen.model(input_ids=input_ids, past_key_values=state.cache, use_cache=True)
+            out = self.gen.model(input_ids=input_ids, cache=state.cache, use_cache=True)
         return list(out.logits[0].float())
 
     def _crop(self, state: _PrefixState, tokens: int) -> None:
