@@ -161,7 +161,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from ensemblehub_integrations.server import serve
     except ImportError as exc:
-        raise EnsembleHubError(f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'") from exc
+        raise EnsembleHubError(
+            f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'"
+        ) from exc
     serve(config=args.config, host=args.host, port=args.port, api_key=args.api_key)
     return 0
 

@@ -10,6 +10,7 @@ for chunk in ens.stream("Name a prime above 100."):
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -22,6 +23,8 @@ from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.registry import resolve
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
 from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy
+from ensemblehub_core.strategies.select import select_members, selection_of
+from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
 from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
 
 __all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "to_messages"]
@@ -49,9 +52,7 @@ def to_messages(prompt: PromptLike) -> list[Message]:
     messages = []
     for i, m in enumerate(items):
         if isinstance(m, Mapping):
-            if "content" not in m or not isinstance(m.get("content"), str):
-                raise InputError(f"message {i} needs a string 'content' field")
-            m = Message(role=str(m.get("role", "user")), content=m["content"])
+            m = _message_from_dict(i, m)
         elif not isinstance(m, Message):
             raise InputError(f"message {i} must be a dict with 'role' and 'content' or a Message, not "
                              f"{type(m).__name__}")
@@ -59,6 +60,38 @@ def to_messages(prompt: PromptLike) -> list[Message]:
     if not messages or not any(m.content.strip() for m in messages):
         raise InputError("the prompt is empty; pass a question or at least one non-empty message")
     return messages
+
+
+def _message_from_dict(i: int, m: Mapping[str, Any]) -> Message:
+    """A message from its dict form; an assistant turn that only calls tools may have no content."""
+    calls = m.get("tool_calls") or None
+    content = m.get("content")
+    if content is None and calls:
+        content = ""
+    if not isinstance(content, str):
+        raise InputError(f"message {i} needs a string 'content' field")
+    if calls is not None:
+        if not isinstance(calls, list) or not all(isinstance(c, Mapping) for c in calls):
+            raise InputError(f"message {i}: 'tool_calls' must be a list of calls")
+        calls = [_call_for_template(i, c) for c in calls]
+    return Message(role=str(m.get("role", "user")), content=content, tool_calls=calls,
+                   tool_call_id=m.get("tool_call_id"), name=m.get("name"))
+
+
+def _call_for_template(i: int, call: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool call with its arguments as a dict (the wire sends a JSON string; templates want a dict)."""
+    fn = call.get("function", call)
+    args = fn.get("arguments") if isinstance(fn, Mapping) else None
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError:
+            raise InputError(f"message {i}: tool call arguments are not valid JSON: {args!r}") from None
+    named = isinstance(fn, Mapping) and isinstance(fn.get("name"), str)
+    if not named or not isinstance(args or {}, Mapping):
+        raise InputError(f"message {i}: a tool call needs a function name and object arguments, got {call!r}")
+    function = {"name": fn["name"], "arguments": dict(args or {})}
+    return {"id": call.get("id"), "type": "function", "function": function}
 
 
 class Ensemble:
@@ -98,8 +131,12 @@ class Ensemble:
         self.panel = ScoringPanel([(scorer, 1.0)]) if isinstance(scorer, Scorer) else scorer
         if isinstance(strategy, str):
             cls = resolve("strategy", strategy)
-            strategy = cls(cls.Params(**(strategy_params or {})))
-        self.strategy: Strategy = strategy
+            try:
+                self.strategy: Strategy = cls(cls.Params(**(strategy_params or {})))
+            except ValueError as exc:  # pydantic's ValidationError
+                raise ConfigError(f"invalid parameters for strategy '{strategy}': {exc}") from None
+        else:
+            self.strategy = strategy
         self.strategy.check(self.members, self.panel)
         self.defaults = defaults or GenerationParams()
         self.policy = policy or MemberPolicy()
@@ -110,9 +147,12 @@ class Ensemble:
         """Yield each round's accepted text as it is decided, then a final chunk carrying the result.
 
         Keyword arguments override generation defaults: ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
-        ``seed``.
+        ``seed``, ``tools``, ``tool_choice``. With tools, text that may be a tool call is held back from the
+        chunks; the calls are on the result (``result.tool_calls``).
         """
         gen_params = self._params(params)
+        spec = ToolSpec.from_params(gen_params.tools, gen_params.tool_choice)
+        calls = ToolCallFilter(spec) if spec is not None else None
         ctx = RunContext(
             messages=to_messages(prompt),
             params=gen_params,
@@ -123,14 +163,29 @@ class Ensemble:
         )
         started = time.perf_counter()
         rounds: list[RoundTrace] = []
+        await select_members(ctx, selection_of(self.strategy.params))
         agen = self.strategy.run(ctx)
         try:
-            async for trace in agen:
+            while True:
+                # The tools are set for each step of the strategy only: a sync consumer drives every step
+                # in a fresh task, and the setting must not leak into the consumer's own context.
+                with using_tools(spec):
+                    try:
+                        trace = await anext(agen)
+                    except StopAsyncIteration:
+                        break
                 rounds.append(trace)
-                yield EnsembleChunk(text=trace.accepted_text, round=trace)
+                text = calls.feed(trace.accepted_text) if calls is not None else trace.accepted_text
+                yield EnsembleChunk(text=text, round=trace)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
-        yield EnsembleChunk(text="", result=self._result(ctx, rounds, time.perf_counter() - started))
+        result = self._result(ctx, rounds, time.perf_counter() - started)
+        if calls is not None:
+            tail = calls.finish()
+            if tail:
+                yield EnsembleChunk(text=tail)
+            result.text, result.tool_calls = calls.content, calls.calls
+        yield EnsembleChunk(text="", result=result)
 
     async def agenerate(self, prompt: PromptLike, **params: Any) -> EnsembleResult:
         """Run to completion and return the answer with usage and trace."""
@@ -151,7 +206,7 @@ class Ensemble:
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _params(self, overrides: Mapping[str, Any]) -> GenerationParams:
-        allowed = {"max_tokens", "temperature", "top_p", "stop", "seed"}
+        allowed = {"max_tokens", "temperature", "top_p", "stop", "seed", "tools", "tool_choice"}
         unknown = set(overrides) - allowed
         if unknown:
             raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -163,6 +218,8 @@ class Ensemble:
             raise InputError(f"temperature must be >= 0, got {merged.temperature}")
         if not 0 < merged.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {merged.top_p}")
+        spec = ToolSpec.from_params(merged.tools, merged.tool_choice)  # validates; stored normalised
+        merged.tools, merged.tool_choice = (spec.tools, spec.choice) if spec else (None, None)
         return merged
 
     def _result(self, ctx: RunContext, rounds: list[RoundTrace], elapsed: float) -> EnsembleResult:

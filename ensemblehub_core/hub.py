@@ -38,7 +38,7 @@ class BuildContext:
 def _build_member(cfg: MemberConfig, ctx: BuildContext) -> Generator:
     build = resolve("backend", cfg.backend)
     try:
-        return build(cfg, ctx)  # type: ignore[no-any-return]
+        return build(cfg, ctx)
     except EnsembleHubError:
         raise
     except Exception as exc:

@@ -14,7 +14,7 @@ import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError
@@ -90,7 +90,7 @@ def build(cfg: MemberConfig, ctx: BuildContext) -> FunctionGenerator:
     return FunctionGenerator(cfg.name, fn, delay_s=float(cfg.options.get("delay_s", 0.0)))
 
 
-def import_callable(path: object, what: str) -> Callable[..., object]:
+def import_callable(path: object, what: str) -> Callable[..., Any]:
     """Import ``module:attribute`` and check it is callable."""
     if not isinstance(path, str) or ":" not in path:
         raise ConfigError(f"{what} must be 'module:function', got {path!r}")
@@ -101,4 +101,4 @@ def import_callable(path: object, what: str) -> Callable[..., object]:
         raise ConfigError(f"{what}: cannot import {path!r}: {exc}") from exc
     if not callable(fn):
         raise ConfigError(f"{what}: {path!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn

@@ -109,7 +109,8 @@ class ScoringPanel:
         return PanelResult(combined=combined, by_scorer=by_scorer)
 
     def _combine(self, i: int, cand: Candidate, by_scorer: dict[str, list[float | None]]) -> float | None:
-        own, other = [], []
+        own: list[tuple[float, float]] = []
+        other: list[tuple[float, float]] = []
         for scorer, weight in self.scorers:
             s = by_scorer[scorer.name][i]
             if s is None:

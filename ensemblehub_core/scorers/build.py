@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.scorers.base import Scorer
@@ -49,7 +49,7 @@ def judge(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
     return JudgeScorer(cfg.display_name, gen, template=template, member=member)
 
 
-def _model_for(cfg: ScorerConfig, ctx: BuildContext, kind: str):  # type: ignore[no-untyped-def]
+def _model_for(cfg: ScorerConfig, ctx: BuildContext, kind: str) -> Any:
     from ensemblehub_core.models import ModelSpec
 
     if not cfg.model:
@@ -84,4 +84,4 @@ def function(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
     from ensemblehub_core.scorers.function import FunctionScorer
 
     fn = import_callable(cfg.options.get("fn"), f"scorer '{cfg.display_name}' options.fn")
-    return FunctionScorer(cfg.display_name, fn, member=cfg.member)  # type: ignore[arg-type]
+    return FunctionScorer(cfg.display_name, fn, member=cfg.member)

@@ -11,6 +11,7 @@ from typing import Any
 
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest
+from ensemblehub_core.tools import active_tools
 
 __all__ = ["LikelihoodScorer"]
 
@@ -52,7 +53,8 @@ class LikelihoodScorer(Scorer):
 
         state: _PrefixState | None = request.state.get(id(self))
         if state is None or not request.prefix.startswith(state.prefix):
-            ids = self.gen.encode_prompt(request.messages)
+            # Score under the prompt the members answered (their tools and a forced call's start included).
+            ids = self.gen.encode_prompt(request.messages, active_tools())
             state = _PrefixState(ids=ids, prefix="", cache=make_cache(self.gen.model), cached=0)
             request.state[id(self)] = state
         state.ids += self.gen.encode(request.prefix[len(state.prefix) :])

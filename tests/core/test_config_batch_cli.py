@@ -159,3 +159,13 @@ def test_cli_ask_prints_trace(config_file: Path, capsys):
     assert main(["ask", "--config", str(config_file), "What is 6 * 7?"]) == 0
     out = capsys.readouterr().out
     assert "round 0: winner steps" in out and "The answer is 42." in out
+
+
+def test_run_ensemble_reuses_the_hub(config_file: Path):
+    from ensemblehub_core import _HUBS, run_ensemble
+
+    r = run_ensemble("hello", ensemble="echo", config=config_file)
+    assert r.text == "You said: hello"
+    hub = _HUBS[str(config_file)]
+    run_ensemble("again", ensemble="echo", config=config_file)
+    assert _HUBS[str(config_file)] is hub

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    from transformers import AutoTokenizer
+
     from ensemblehub_core.models import ModelSpec
     from ensemblehub_core.pool import ModelPool
-    from transformers import AutoTokenizer
 
     loaded = ModelPool.default().get(ModelSpec(source="embedded:smollm2-135m-instruct"))
     tok = AutoTokenizer.from_pretrained(loaded.path)

