@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["device_lock", "forward", "make_cache", "pick_token", "rollback", "seeded_generator"]
+__all__ = ["PrefixCache", "device_lock", "forward", "make_cache", "pick_token", "rollback", "seeded_generator"]
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -65,3 +65,47 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torc
         keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
     return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
+
+
+class PrefixCache:
+    """A KV cache over a token sequence that changes mostly by growing at the end.
+
+    `sync` makes the cache hold a new sequence, keeping the longest common prefix with the old one and running
+    only the rest; `run` evaluates a suffix on top and rolls it back. Scorers use it so each round costs the new
+    tokens, not the whole conversation again.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.ids: list[int] = []
+        self.cache: Any = None
+        self.logits: torch.Tensor | None = None  # next-token logits after ``ids``
+        self.forwarded = 0  # tokens run through the model, for tests and benchmarks
+
+    def sync(self, ids: list[int]) -> torch.Tensor:
+        """Hold exactly ``ids``; return the next-token logits after them."""
+        common = 0
+        for a, b in zip(self.ids, ids, strict=False):
+            if a != b:
+                break
+            common += 1
+        if common == len(ids) == len(self.ids) and self.logits is not None:
+            return self.logits
+        if common == len(ids):  # need the last position's logits again
+            common -= 1
+        if self.cache is None or common <= 0 or not rollback(self.cache, len(self.ids) - common):
+            self.cache, common = make_cache(self.model), 0
+        self.logits = forward(self.model, ids[common:], self.cache)
+        self.forwarded += len(ids) - common
+        self.ids = list(ids)
+        return self.logits
+
+    @torch.inference_mode()
+    def run(self, suffix: list[int]) -> torch.Tensor:
+        """Logits at every position of ``suffix`` run after the cached ids; the cache is left as it was."""
+        input_ids = torch.tensor([suffix], dtype=torch.long, device=self.model.device)
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True)
+        self.forwarded += len(suffix)
+        if not rollback(self.cache, len(suffix)):
+            self.cache, self.ids, self.logits = None, [], None
+        return out.logits[0].float()

@@ -1,7 +1,8 @@
 """`JudgeScorer`: a local model is asked whether a proposed step is correct.
 
 Score = P(yes) / (P(yes) + P(no)) read from its next-token distribution after the question, summed over the
-usual spellings of each word. All candidates of a round are judged in one batched forward pass.
+usual spellings of each word. The part of the prompt before the step (question, solution so far) stays in a KV
+cache across candidates and rounds, so each candidate costs only its own tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ DEFAULT_JUDGE_TEMPLATE = (
     "Is the proposed next step correct and does it move the solution forward? Answer Yes or No."
 )
 
+_MARK = "\u2063STEP\u2063"  # an invisible marker where the step goes
 _YES = ("Yes", " Yes", "yes", " yes", "YES")
 _NO = ("No", " No", "no", " no", "NO")
 
@@ -48,36 +50,38 @@ class JudgeScorer(Scorer):
         self.yes_ids = _first_token_ids(generator, _YES)
         self.no_ids = _first_token_ids(generator, _NO)
 
-    def prompt_ids(self, messages: list[Message], prefix: str, step: str) -> list[int]:
-        """The judge's prompt for one candidate, ending where its Yes/No answer would start."""
+    def prompt_parts(self, messages: list[Message], prefix: str) -> tuple[list[int], str]:
+        """The judge's prompt split at the step: token ids of what comes before, and the text after it.
+
+        Everything before the step (question, solution so far) is shared by the round's candidates and only
+        grows from round to round, so its KV cache is kept; only each step and the closing words are new.
+        """
         text = self.template.format(
-            question=question_of(messages), prefix=prefix.strip() or "(nothing yet)", step=step.strip() or "(empty)"
+            question=question_of(messages), prefix=prefix.strip() or "(nothing yet)", step=_MARK
         )
-        ids = self.gen.encode_prompt([Message(role="user", content=text)])
+        rendered = self.gen.render_prompt([Message(role="user", content=text)])
         if self.gen.prompt_format != "chat":
-            ids += self.gen.encode(" Answer:")
-        return ids
+            rendered += " Answer:"
+        head, _, tail = rendered.partition(_MARK)
+        ids = self.gen.tokenizer.encode(head, add_special_tokens=self.gen.prompt_format != "chat")
+        return list(ids), tail
 
     def score(self, request: ScoreRequest) -> list[float | None]:
         import torch
 
-        from ensemblehub_core._torch import device_lock
+        from ensemblehub_core._torch import PrefixCache, device_lock
 
-        if not request.candidates:
-            return []
-        prompts = [self.prompt_ids(request.messages, request.prefix, c.text) for c in request.candidates]
-        pad = self.gen.tokenizer.pad_token_id or 0
-        width = max(len(p) for p in prompts)
-        dev = self.gen.model.device
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with device_lock(str(dev)), torch.inference_mode():
-            out = self.gen.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
-        probs = torch.softmax(out.logits[:, -1].float(), dim=-1)
-        yes = probs[:, self.yes_ids].sum(-1)
-        no = probs[:, self.no_ids].sum(-1)
-        return [float(y / (y + n)) if float(y + n) > 0 else None for y, n in zip(yes, no, strict=True)]
+        head, tail = self.prompt_parts(request.messages, request.prefix)
+        cache = request.state.setdefault(id(self), PrefixCache(self.gen.model))
+        scores: list[float | None] = []
+        with device_lock(str(self.gen.model.device)):
+            for cand in request.candidates:
+                cache.sync(head)
+                logits = cache.run(self.gen.encode((cand.text.strip() or "(empty)") + tail))[-1]
+                probs = torch.softmax(logits, dim=-1)
+                yes, no = float(probs[self.yes_ids].sum()), float(probs[self.no_ids].sum())
+                scores.append(yes / (yes + no) if yes + no > 0 else None)
+        return scores
 
 
 def _first_token_ids(gen: HFGenerator, words: tuple[str, ...]) -> list[int]:

@@ -130,14 +130,15 @@ def test_likelihood_scorer_reuses_prefix_cache_and_matches_full_forward(smol32: 
         assert got[0] > got[1]
 
 
-def test_judge_prefers_the_correct_step(qwen: HFGenerator):
-    judge = JudgeScorer("judge", qwen)
-    msgs = [Message(role="user", content="What is the capital of France?")]
-    cands = [Candidate(member="a", text="The capital of France is Berlin."),
-             Candidate(member="b", text="The capital of France is Paris.")]
-    scores = judge.score(ScoreRequest(messages=msgs, prefix="", candidates=cands))
-    assert all(s is not None and 0.0 <= s <= 1.0 for s in scores)
-    assert scores[1] > scores[0]  # type: ignore[operator]
+def test_judge_reads_yes_and_no_from_the_next_token(qwen: HFGenerator):
+    msgs = [Message(role="user", content="Is water wet?")]
+    cands = [Candidate(member="a", text="anything")]
+    say_yes = JudgeScorer("yes", qwen, template="{question} {prefix} {step}\n\nReply with exactly the word Yes.")
+    say_no = JudgeScorer("no", qwen, template="{question} {prefix} {step}\n\nReply with exactly the word No.")
+    yes = say_yes.score(ScoreRequest(messages=msgs, prefix="", candidates=cands))[0]
+    no = say_no.score(ScoreRequest(messages=msgs, prefix="", candidates=cands))[0]
+    assert yes is not None and no is not None
+    assert yes > 0.8 and no < 0.2
 
 
 def test_two_member_segment_ensemble_trace(qwen: HFGenerator, smol: HFGenerator):
@@ -154,3 +155,27 @@ def test_two_member_segment_ensemble_trace(qwen: HFGenerator, smol: HFGenerator)
     assert result.finish_reason == "stop"
     assert result.usage.member_tokens["qwen"] > 0 and result.usage.member_tokens["smol"] > 0
     assert result.usage.prompt_tokens > 0
+
+
+def test_judge_with_kept_prefix_cache_matches_full_prompt(smol32: HFGenerator):
+    import torch
+
+    judge = JudgeScorer("judge", smol32)
+    msgs = [Message(role="user", content="What is 2 + 2?")]
+    state: dict = {}
+    cands = [Candidate(member="a", text="2 + 2 = 4."), Candidate(member="b", text="2 + 2 = 5.")]
+    for prefix in ["", "Let us add.\n\n", "Let us add.\n\nTwo and two.\n\n"]:
+        got = judge.score(ScoreRequest(messages=msgs, prefix=prefix, candidates=cands, state=state))
+        for cand, value in zip(cands, got, strict=True):
+            text = judge.template.format(question="What is 2 + 2?", prefix=prefix.strip() or "(nothing yet)",
+                                         step=cand.text)
+            head, tail = judge.prompt_parts(msgs, prefix)
+            ids = head + smol32.encode(cand.text + tail)
+            assert smol32.decode(ids).endswith(text.split("\n")[-1] + "<|im_end|>\n<|im_start|>assistant\n")
+            with torch.inference_mode():
+                probs = torch.softmax(smol32.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            yes, no = float(probs[judge.yes_ids].sum()), float(probs[judge.no_ids].sum())
+            assert value == pytest.approx(yes / (yes + no), abs=1e-3)
+    cache = state[id(judge)]
+    # three rounds, two candidates each: the shared head was run about once, not six times
+    assert cache.forwarded < 2 * len(judge.prompt_parts(msgs, "Let us add.\n\nTwo and two.\n\n")[0]) + 6 * 40
