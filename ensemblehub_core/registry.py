@@ -29,6 +29,10 @@ BACKENDS: dict[str, Entry] = {
                 summary="local model via transformers (hub id, folder, GGUF, embedded package)"),
     "function": Entry(path="ensemblehub_core.generators.function:build",
                       summary="a Python callable 'module:function' (tests, prototyping)"),
+    "openai": Entry(path="ensemblehub_core.generators.openai_compat:build", extra="api",
+                    summary="any OpenAI-compatible completions/chat server (OpenAI, vLLM, llama.cpp, Ollama, ...)"),
+    "litellm": Entry(path="ensemblehub_core.generators.litellm:build", extra="litellm",
+                     summary="any LiteLLM model string (openai/..., anthropic/..., a LiteLLM proxy route)"),
 }
 
 SCORERS: dict[str, Entry] = {
@@ -51,6 +55,18 @@ STRATEGIES: dict[str, Entry] = {
                     summary="baseline: a random member writes each segment"),
     "single": Entry(path="ensemblehub_core.strategies.segment:SingleStrategy",
                     summary="baseline: one member answers alone"),
+    "best_of_n": Entry(path="ensemblehub_core.strategies.response:BestOfNStrategy",
+                       summary="every member writes a full answer; the scorer keeps the best"),
+    "vote": Entry(path="ensemblehub_core.strategies.response:VoteStrategy",
+                  summary="self-consistency: majority over extracted final answers"),
+    "rank": Entry(path="ensemblehub_core.strategies.response:RankStrategy",
+                  summary="pairwise ranking of full answers by a judge member or the scorer (full / bubble)"),
+    "fuse": Entry(path="ensemblehub_core.strategies.response:FuseStrategy",
+                  summary="Mixture-of-Agents: an aggregator member writes a new answer from the candidates"),
+    "gac": Entry(path="ensemblehub_core.strategies.token:GaCStrategy", extra="hf",
+                 summary="token level: full distributions combined over the union vocabulary"),
+    "unite": Entry(path="ensemblehub_core.strategies.token:UniTEStrategy", extra="hf",
+                   summary="token level: union of each member's top-k tokens, averaged"),
 }
 
 _KINDS = {"backend": BACKENDS, "scorer": SCORERS, "strategy": STRATEGIES}

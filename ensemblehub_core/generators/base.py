@@ -12,9 +12,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from ensemblehub_core.types import Candidate, Message
+
+if TYPE_CHECKING:
+    from ensemblehub_core.generators.tokens import TokenSession
 
 __all__ = ["Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
 
@@ -109,6 +112,19 @@ class Generator(ABC):
                 re-send-everything behaviour (used to measure what incremental decoding saves).
         """
         return PrefixSession(self, messages)
+
+    def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
+        """Start a token-level view of one answer (token-level strategies, logit judges).
+
+        Backends that set ``supports_distributions`` (or ``supports_top_logprobs``) override this.
+
+        Raises:
+            CapabilityError: this backend cannot expose next-token distributions.
+        """
+        from ensemblehub_core.exceptions import CapabilityError
+        from ensemblehub_core.generators.tokens import text_only_message
+
+        raise CapabilityError(text_only_message(self.name, type(self).__name__))
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this member's tokenizer (a word count where the backend has none)."""

@@ -20,15 +20,21 @@ from pydantic import BaseModel, ConfigDict
 from ensemblehub_core.exceptions import AllMembersFailed, EnsembleHubError, GeneratorError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoringPanel
+from ensemblehub_core.strategies.select import SelectParams
 from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTrace
 
 __all__ = ["MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates"]
 
 
 class StrategyParams(BaseModel):
-    """Base of every strategy's parameters: unknown keys are an error."""
+    """Base of every strategy's parameters: unknown keys are an error.
+
+    Attributes:
+        select: Optional model selection before the strategy runs (see `strategies.select`).
+    """
 
     model_config = ConfigDict(extra="forbid")
+    select: SelectParams | None = None
 
 
 @dataclass(kw_only=True)
@@ -50,6 +56,8 @@ class RunContext:
     panel: ScoringPanel | None
     policy: MemberPolicy = field(default_factory=MemberPolicy)
     rng: random.Random = field(default_factory=random.Random)
+    #: Every configured member, when a selection step narrowed ``members`` (roles like a judge resolve here).
+    all_members: Mapping[str, Generator] = field(default_factory=dict)
     # outcome, set by the strategy
     finish_reason: str = "length"
     prompt_tokens: int = 0
