@@ -33,6 +33,7 @@ __all__ = [
     "MemberConfig",
     "PolicyConfig",
     "ScorerConfig",
+    "ServerConfig",
     "StrategyConfig",
     "default_config_path",
     "load_config",
@@ -184,12 +185,37 @@ class EnsembleConfig(_Strict):
         return self
 
 
+class ServerConfig(_Strict):
+    """Settings of the OpenAI-compatible server (``ensemblehub serve``): the config's ``server:`` section.
+
+    Attributes:
+        api_keys: Bearer keys accepted on ``/v1/*`` (empty: no key needed, unless ENSEMBLEHUB_API_KEY is set).
+        preload: Ensembles built at start-up before ``/status`` answers ready: ``all``, ``default``, ``none``
+            or a list of names. Others are built on their first request.
+        max_pending: Requests admitted at once (running or waiting) across the server; more get a 429.
+        max_concurrency: Requests of one ensemble that run at once; the others wait in the queue.
+        max_batch_size: Requests decoded together in one batch (by ensembles that can batch; see the server
+            docs).
+        batch_window_ms: How long the first request of a batch waits for others to join it.
+        max_choices: Upper bound on ``n`` times the number of prompts in one request.
+    """
+
+    api_keys: list[str] = Field(default_factory=list)
+    preload: list[str] | str = "all"
+    max_pending: int = Field(default=64, ge=1)
+    max_concurrency: int = Field(default=4, ge=1)
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_window_ms: float = Field(default=10.0, ge=0)
+    max_choices: int = Field(default=32, ge=1)
+
+
 class HubConfig(_Strict):
     """A whole configuration file."""
 
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     ensembles: dict[str, EnsembleConfig] = Field(min_length=1)
     default_ensemble: str | None = None
+    server: ServerConfig = Field(default_factory=ServerConfig)
     source: str = Field(default="<memory>", exclude=True)
 
     @model_validator(mode="after")
@@ -198,6 +224,12 @@ class HubConfig(_Strict):
             raise ValueError(
                 f"default_ensemble '{self.default_ensemble}' is not defined; defined: {', '.join(self.ensembles)}"
             )
+        preload = self.server.preload
+        if isinstance(preload, str) and preload not in ("all", "default", "none"):
+            raise ValueError(f"server.preload must be all, default, none or a list of names, got '{preload}'")
+        unknown = [n for n in preload if n not in self.ensembles] if isinstance(preload, list) else []
+        if unknown:
+            raise ValueError(f"server.preload: {', '.join(unknown)}; defined: {', '.join(self.ensembles)}")
         return self
 
     @property

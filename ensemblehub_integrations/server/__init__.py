@@ -1,0 +1,44 @@
+"""OpenAI-compatible HTTP server over the configured ensembles.
+
+```bash
+ensemblehub serve --config my-ensembles.yaml              # 127.0.0.1:9876
+ENSEMBLEHUB_CONFIG=my-ensembles.yaml uvicorn --factory ensemblehub_integrations.server:app_from_env
+```
+Any OpenAI client then uses an ensemble by its name as the ``model``. See README.md beside this file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ensemblehub_core.config import HubConfig
+from ensemblehub_core.hub import Hub
+from ensemblehub_integrations.server.app import ServerState, app_from_env, create_app
+from ensemblehub_integrations.server.settings import ServerSettings
+
+__all__ = ["ServerSettings", "ServerState", "app_from_env", "create_app", "serve"]
+
+
+def serve(
+    config: Hub | HubConfig | str | Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9876,
+    api_key: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run the server with uvicorn until interrupted (``ensemblehub serve``).
+
+    Args:
+        config: A `Hub`, a `HubConfig`, a YAML path, or None for the packaged default config.
+        host: Interface to bind; the default serves this machine only.
+        port: TCP port.
+        api_key: Require this bearer key (ENSEMBLEHUB_API_KEY and the config's ``server.api_keys`` count
+            too).
+        log_level: uvicorn's log level.
+    """
+    import uvicorn
+
+    app = create_app(config, api_key=api_key)
+    # One worker process: the models live in this process's memory and are shared by all requests.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)

@@ -1,0 +1,90 @@
+"""lm-evaluation-harness runs its OpenAI-compatible model types against a served ensemble.
+
+The task is examples/lm_eval/ensemblehub_capitals.yaml (20 questions in a JSONL file in the repo; hub datasets
+are out of reach here). The first test serves a fake ensemble that knows 5 of the 20 capitals, so the score
+must be exactly 0.25. The second serves SmolLM2-135M through chat completions; it is opt-in
+(ENSEMBLEHUB_LM_EVAL_REAL=1) to keep the suite's time down, as lm_eval's own start-up dominates it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ensemblehub_core.config import parse_config
+from ensemblehub_integrations.server import create_app
+from tests.server.conftest import running
+
+ROOT = Path(__file__).resolve().parents[2]
+TASK_DIR = ROOT / "examples" / "lm_eval"
+
+if importlib.util.find_spec("lm_eval") is None:
+    pytest.skip("lm-eval is not installed, so the lm_eval run is NOT tested: pip install 'ensemblehub[dev]' "
+                "(or pip install lm-eval)", allow_module_level=True)
+
+
+def _task_dir(tmp: Path) -> Path:
+    """The shipped task with its data path made absolute, so lm_eval can run from any directory."""
+    out = tmp / "tasks"
+    out.mkdir()
+    text = (TASK_DIR / "ensemblehub_capitals.yaml").read_text(encoding="utf-8")
+    text = text.replace("examples/lm_eval/capitals.jsonl", str(TASK_DIR / "capitals.jsonl"))
+    (out / "ensemblehub_capitals.yaml").write_text(text, encoding="utf-8")
+    return out
+
+
+def run_lm_eval(tmp: Path, model_type: str, model_args: str, *extra: str) -> dict[str, Any]:
+    """Run the ``lm_eval`` command and return the task's results."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "lm_eval", "run", "--model", model_type, "--model_args", model_args,
+           "--tasks", "ensemblehub_capitals", "--include_path", str(_task_dir(tmp)),
+           "--output_path", str(tmp / "out"), *extra]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (results_file,) = list((tmp / "out").rglob("results_*.json"))
+    results: dict[str, Any] = json.loads(results_file.read_text())["results"]["ensemblehub_capitals"]
+    return results
+
+
+def test_lm_eval_local_completions_against_the_server(tmp_path: Path) -> None:
+    cfg = parse_config({"ensembles": {"capitals": {
+        "members": [{"name": "c", "backend": "function", "options": {"fn": "tests.server.fakes:capital"}}],
+        "strategy": "single",
+    }}})
+    with running(create_app(cfg, api_key="")) as served:
+        args = (f"model=capitals,base_url={served.url}/v1/completions,tokenizer_backend=none,"
+                "num_concurrent=2,max_retries=1")
+        # batch_size 4: lm_eval sends lists of prompts, which /v1/completions answers choice by choice.
+        results = run_lm_eval(tmp_path, "local-completions", args, "--batch_size", "4")
+    assert results["exact_match,last-capitalised-word"] == pytest.approx(0.25)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("ENSEMBLEHUB_LM_EVAL_REAL") != "1",
+                    reason="opt-in (about 1-2 minutes: model load + lm_eval start-up): ENSEMBLEHUB_LM_EVAL_REAL=1")
+def test_lm_eval_chat_completions_with_a_real_model(tmp_path: Path) -> None:
+    cfg = parse_config({"ensembles": {"smollm2-135m": {
+        "members": [{"name": "smol", "model": "embedded:smollm2-135m-instruct"}], "strategy": "single",
+    }}})
+    app = create_app(cfg, api_key="")
+    with running(app, wait_ready=False) as served:
+        from tests.server.conftest import wait_until_ready
+
+        try:
+            wait_until_ready(served.url, timeout=300)
+        except RuntimeError as exc:
+            pytest.skip(f"the embedded SmolLM2 model cannot load here: {exc}")
+        args = f"model=smollm2-135m,base_url={served.url}/v1/chat/completions,num_concurrent=4,max_retries=1"
+        results = run_lm_eval(tmp_path, "local-chat-completions", args, "--apply_chat_template", "--limit", "5")
+        batches = app.state.server.runners["smollm2-135m"].batches
+    score = results["exact_match,last-capitalised-word"]
+    print(f"SmolLM2-135M on ensemblehub_capitals (5 questions): exact_match {score:.2f}; batches {batches}")
+    assert score >= 0.4  # it knows Paris, Rome, Berlin, Madrid, Tokyo (the first five)

@@ -1,0 +1,82 @@
+"""The server over real embedded models: batched decoding, streamed segments, the context limit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ensemblehub_core.config import parse_config
+from ensemblehub_integrations.server import create_app
+from ensemblehub_integrations.server.scheduler import BatchingRunner
+from tests.server.conftest import Served, running, wait_until_ready
+
+openai = pytest.importorskip("openai")
+httpx2 = pytest.importorskip("httpx2")
+pytestmark = pytest.mark.slow
+
+SMOL = {"name": "smol", "model": "embedded:smollm2-135m-instruct"}
+TINY = {"name": "tiny", "model": "embedded:tiny-random-llama"}
+
+
+@pytest.fixture(scope="module")
+def real_server() -> Iterator[Served]:
+    cfg = parse_config({
+        "defaults": {"max_tokens": 16},
+        "ensembles": {
+            "smollm2-135m": {"members": [SMOL], "strategy": "single"},
+            "tiny": {"members": [TINY], "strategy": "single"},
+            "pair": {"members": [SMOL, TINY], "scorer": {"type": "likelihood", "member": "smol"},
+                     "strategy": {"name": "segment", "segment_tokens": 4}},
+        },
+        "server": {"batch_window_ms": 100},
+    })
+    with running(create_app(cfg, api_key=""), wait_ready=False) as served:
+        try:
+            wait_until_ready(served.url, timeout=300)
+        except RuntimeError as exc:
+            pytest.skip(f"embedded models cannot load here: {exc}")
+        yield served
+
+
+def test_concurrent_requests_share_batched_forward_passes(real_server: Served) -> None:
+    async def main() -> list[Any]:
+        c = openai.AsyncOpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+        try:
+            qs = ["What is the capital of France?", "What is the capital of Italy?",
+                  "What is the capital of Spain?"]
+            return list(await asyncio.gather(*(c.chat.completions.create(
+                model="smollm2-135m", messages=[{"role": "user", "content": q}], max_tokens=10) for q in qs)))
+        finally:
+            await c.close()
+
+    runner = real_server.state.runners["smollm2-135m"]
+    assert isinstance(runner, BatchingRunner)
+    before = len(runner.batches)
+    rs = asyncio.run(main())
+    assert "Paris" in rs[0].choices[0].message.content
+    assert "Rome" in rs[1].choices[0].message.content
+    assert all(r.usage.completion_tokens > 0 for r in rs)
+    assert max(runner.batches[before:]) > 1, runner.batches  # they were decoded together
+
+
+def test_segment_ensemble_streams_round_by_round(real_server: Served) -> None:
+    c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    chunks = list(c.chat.completions.create(
+        model="pair", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=10,
+        stream=True, stream_options={"include_usage": True}, extra_body={"ensemble_trace": True}))
+    rounds = [ch for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    assert len(rounds) >= 2  # one chunk per accepted segment
+    assert all("round" in ch.model_extra["ensemble_trace"] for ch in rounds)
+    assert chunks[-1].usage.completion_tokens <= 10 + 4
+
+
+def test_prompt_longer_than_the_context_is_400(real_server: Served) -> None:
+    long = "token " * 3000  # the tiny model's context is 2048
+    for model in ("tiny", "smollm2-135m"):
+        r = httpx2.post(f"{real_server.url}/v1/chat/completions", timeout=120,
+                        json={"model": model, "messages": [{"role": "user", "content": long * 4}]})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
