@@ -1,0 +1,272 @@
+"""`OpenAICompatGenerator`: a member served by anything that speaks the OpenAI completions or chat API.
+
+That covers OpenAI itself, vLLM and SGLang servers, llama.cpp's server, Ollama, LM Studio, TGI, a LiteLLM proxy
+and this project's own server. Calls go through the ``openai`` package's `AsyncOpenAI` client with its own
+retries switched off: the ensemble's `MemberPolicy` owns timeouts, retries and backoff, and every client error
+is mapped once, here, to `GeneratorError` (a 429's ``Retry-After`` rides on it as ``retry_after``).
+
+Config::
+
+    - name: api
+      backend: openai
+      model: gpt-4o-mini                  # the server's model name (or options.model)
+      options:
+        api_base: https://api.openai.com/v1
+        api_key_env: OPENAI_API_KEY       # the NAME of an env var; the key is never logged or shown
+        mode: chat                        # chat | completions
+        prefix_mode: instruction          # how chat endpoints continue a prefix (see `_api.chat_payload`)
+        timeout_s: 60
+        stream: false
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ensemblehub_core._text import cut_text
+from ensemblehub_core.exceptions import ConfigError, GeneratorError
+from ensemblehub_core.generators._api import (
+    PREFIX_MODES,
+    Secret,
+    api_error,
+    chat_payload,
+    finish_candidate,
+    parse_retry_after,
+    resolve_key,
+)
+from ensemblehub_core.generators.base import Generator, SegmentRequest
+from ensemblehub_core.generators.hf import render_plain
+from ensemblehub_core.types import Candidate, Message
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
+    from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.hub import BuildContext
+
+__all__ = ["OpenAICompatGenerator", "build"]
+
+#: Sent as the bearer token when no key is configured: the client insists on one, and falling back to the
+#: client's own OPENAI_API_KEY lookup would send that key to whatever server ``api_base`` names.
+_NO_KEY = "no-key"
+
+
+class OpenAICompatGenerator(Generator):
+    """One model behind an OpenAI-compatible HTTP endpoint.
+
+    Args:
+        name: Member name.
+        model: The model name the server expects.
+        api_base: Base URL including ``/v1`` (e.g. ``http://127.0.0.1:8000/v1``).
+        api_key: The key (a `Secret`, or None for servers that need none).
+        mode: ``chat`` (``/chat/completions``) or ``completions`` (``/completions``, raw text continuation).
+        prefix_mode: How a chat endpoint is asked to continue the accepted prefix: one of `PREFIX_MODES`.
+        prompt_format: Completions mode: template with ``{input}`` wrapped around the flattened conversation.
+        timeout_s: HTTP timeout of one call (the ensemble policy's ``timeout_s`` also applies).
+        stream: Stream tokens and stop reading at the first stop string or delimiter (saves the server's
+            work past a segment's end; the server cannot cut at a delimiter itself since it must be kept).
+        max_retry_after_s: Upper bound on a server's ``Retry-After``.
+        extra_body: Extra JSON fields for every request (server-specific sampling options).
+        token_field: The request field carrying the token budget: ``max_tokens``, or ``max_completion_tokens``
+            for OpenAI's reasoning models, which reject ``max_tokens``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        model: str,
+        api_base: str,
+        api_key: Secret | None = None,
+        mode: str = "chat",
+        prefix_mode: str = "assistant",
+        prompt_format: str | None = None,
+        timeout_s: float = 60.0,
+        stream: bool = False,
+        max_retry_after_s: float = 60.0,
+        extra_body: Mapping[str, Any] | None = None,
+        token_field: str = "max_tokens",
+    ) -> None:
+        super().__init__(name)
+        if mode not in ("chat", "completions"):
+            raise ConfigError(f"member '{name}': options.mode must be 'chat' or 'completions', got {mode!r}")
+        if prefix_mode not in PREFIX_MODES:
+            raise ConfigError(
+                f"member '{name}': options.prefix_mode must be one of {', '.join(PREFIX_MODES)}, got {prefix_mode!r}"
+            )
+        if token_field not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(
+                f"member '{name}': options.token_field must be max_tokens or max_completion_tokens, got {token_field!r}"
+            )
+        if prompt_format is not None and prompt_format != "chat" and "{input}" not in prompt_format:
+            raise ConfigError(f"member '{name}': prompt_format must contain {{input}}, got {prompt_format!r}")
+        self.model = model
+        self.api_base = api_base.rstrip("/")
+        self._key = api_key or Secret(None)
+        self.mode = mode
+        self.prefix_mode = prefix_mode
+        self.prompt_format = prompt_format if prompt_format and prompt_format != "chat" else "{input}"
+        self.timeout_s = timeout_s
+        self.stream = stream
+        self.max_retry_after_s = max_retry_after_s
+        self.extra_body = dict(extra_body or {})
+        self.token_field = token_field
+        # An httpx client belongs to the event loop it first ran on: keep one per loop.
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, api_base={self.api_base!r}, "
+            f"mode={self.mode!r}, api_key={self._key!r})"
+        )
+
+    def _client(self) -> AsyncOpenAI:
+        from openai import AsyncOpenAI
+
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = AsyncOpenAI(
+                base_url=self.api_base, api_key=self._key.reveal() or _NO_KEY, timeout=self.timeout_s, max_retries=0
+            )
+            self._clients[loop] = client
+        return client
+
+    async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
+        started = time.perf_counter()
+        try:
+            if self.mode == "completions":
+                return await self._completions(messages, prefix, request, started)
+            return await self._chat(messages, prefix, request, started)
+        except GeneratorError:
+            raise
+        except Exception as exc:
+            raise self._map_error(exc) from exc
+
+    def _sampling(self, request: SegmentRequest) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "model": self.model,
+            self.token_field if self.mode == "chat" else "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+        }
+        if request.stop:  # the server may stop at these (they are dropped); delimiters are cut here, kept
+            args["stop"] = list(request.stop)[:4]  # the OpenAI API takes at most four
+        if request.seed is not None:
+            args["seed"] = request.seed
+        return args
+
+    async def _chat(
+        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float
+    ) -> Candidate:
+        msgs, extra = chat_payload(messages, prefix, self.prefix_mode)
+        body = {**self.extra_body, **extra}
+        client = self._client()
+        args = self._sampling(request)
+        if self.stream:
+            stream = await client.chat.completions.create(
+                messages=msgs, stream=True, extra_body=body or None, **args  # type: ignore[arg-type]
+            )
+            return await self._read_stream(stream, request, started, chat=True)
+        resp = await client.chat.completions.create(messages=msgs, extra_body=body or None, **args)  # type: ignore[arg-type]
+        if not resp.choices:
+            raise GeneratorError(self.name, f"the server at {self.api_base} returned no choices")
+        choice = resp.choices[0]
+        usage = resp.usage
+        return finish_candidate(
+            self.name, choice.message.content or "", request, server_finish=choice.finish_reason,
+            completion_tokens=usage.completion_tokens if usage else None,
+            prompt_tokens=usage.prompt_tokens if usage else None, started=started,
+        )
+
+    async def _completions(
+        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float
+    ) -> Candidate:
+        prompt = self.prompt_format.replace("{input}", render_plain(messages)) + prefix
+        client = self._client()
+        args = self._sampling(request)
+        body = self.extra_body or None
+        if self.stream:
+            stream = await client.completions.create(prompt=prompt, stream=True, extra_body=body, **args)
+            return await self._read_stream(stream, request, started, chat=False)
+        resp = await client.completions.create(prompt=prompt, extra_body=body, **args)
+        if not resp.choices:
+            raise GeneratorError(self.name, f"the server at {self.api_base} returned no choices")
+        choice = resp.choices[0]
+        usage = resp.usage
+        return finish_candidate(
+            self.name, choice.text or "", request, server_finish=choice.finish_reason,
+            completion_tokens=usage.completion_tokens if usage else None,
+            prompt_tokens=usage.prompt_tokens if usage else None, started=started,
+        )
+
+    async def _read_stream(self, stream: Any, request: SegmentRequest, started: float, *, chat: bool) -> Candidate:
+        """Read chunks until the server ends or the text reaches a stop string or delimiter (then hang up)."""
+        text, chunks, finish = "", 0, None
+        try:
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                piece = (choice.delta.content if chat else choice.text) or ""
+                if piece:
+                    text += piece
+                    chunks += 1
+                finish = choice.finish_reason or finish
+                if piece and cut_text(text, request.stop, request.delimiters) is not None:
+                    break
+        finally:
+            await stream.close()
+        # Servers send about one token per chunk: the best count a stream gives without usage.
+        return finish_candidate(
+            self.name, text, request, server_finish=finish, completion_tokens=chunks, prompt_tokens=None,
+            started=started,
+        )
+
+    def _map_error(self, exc: Exception) -> GeneratorError:
+        """The one place client errors become `GeneratorError` (key masked, Retry-After kept)."""
+        import openai
+
+        where = f"{self.api_base} ({self.model})"
+        if isinstance(exc, openai.APIStatusError):
+            retry = parse_retry_after(exc.response.headers, self.max_retry_after_s)
+            return api_error(self.name, f"HTTP {exc.status_code} from {where}: {exc.message}", self._key,
+                             retry_after=retry)
+        if isinstance(exc, openai.APITimeoutError):
+            return api_error(self.name, f"no answer from {where} within {self.timeout_s:g} s", self._key)
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__ or exc
+            return api_error(self.name, f"connection to {where} failed: {type(cause).__name__}: {cause}", self._key)
+        return api_error(self.name, f"{type(exc).__name__} from {where}: {exc}", self._key)
+
+
+def build(cfg: MemberConfig, ctx: BuildContext) -> OpenAICompatGenerator:
+    """Build from config: ``model`` (or ``options.model``) and ``options.api_base`` are required."""
+    opts = dict(cfg.options)
+    model = cfg.model or opts.get("model")
+    api_base = opts.get("api_base")
+    if not model or not api_base:
+        raise ConfigError(
+            f"member '{cfg.name}': backend 'openai' needs 'model' and 'options.api_base' "
+            "(e.g. model: gpt-4o-mini, api_base: https://api.openai.com/v1)"
+        )
+    return OpenAICompatGenerator(
+        cfg.name,
+        model=str(model),
+        api_base=str(api_base),
+        api_key=resolve_key(cfg.name, opts),
+        mode=str(opts.get("mode", "chat")),
+        prefix_mode=str(opts.get("prefix_mode", "assistant")),
+        prompt_format=cfg.prompt_format,
+        timeout_s=float(opts.get("timeout_s", 60.0)),
+        stream=bool(opts.get("stream", False)),
+        max_retry_after_s=float(opts.get("max_retry_after_s", 60.0)),
+        extra_body=opts.get("extra_body"),
+        token_field=str(opts.get("token_field", "max_tokens")),
+    )
