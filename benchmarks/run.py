@@ -155,10 +155,13 @@ def quality(hub: Hub, n_mmlu: int, n_arith: int) -> dict[str, Any]:
         out[sys_name] = {}
         for set_name, (items, max_tokens) in sets.items():
             t0 = time.perf_counter()
-            correct = sum(is_correct(it, ens.generate(it.prompt, max_tokens=max_tokens, seed=0).text) for it in items)
+            correct = 0
+            for i, it in enumerate(items, 1):
+                correct += is_correct(it, ens.generate(it.prompt, max_tokens=max_tokens, seed=0).text)
+                print(f"\r  {sys_name:28s} {set_name:10s} {correct}/{i}", end="", flush=True)
+            print()
             out[sys_name][set_name] = {"accuracy": correct / len(items), "n": len(items),
                                        "seconds": time.perf_counter() - t0}
-            print(f"  {sys_name:28s} {set_name:10s} {correct}/{len(items)}", flush=True)
     table("Quality: accuracy on held-out sets (greedy)", ["system", *sets],
           [[s, *[f"{v[k]['accuracy']:.2f} ({v[k]['seconds']:.0f}s)" for k in sets]] for s, v in out.items()])
     return out

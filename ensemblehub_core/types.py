@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ __all__ = [
     "GenerationParams",
     "Message",
     "RoundTrace",
+    "ToolCall",
     "Usage",
 ]
 
@@ -24,13 +26,33 @@ FinishReason = Literal["eos", "stop", "delimiter", "length", "error"]
 
 @dataclass(kw_only=True)
 class Message:
-    """One chat message."""
+    """One chat message.
+
+    Attributes:
+        role: ``system``, ``user``, ``assistant`` or ``tool``.
+        content: The text (empty for an assistant turn that only calls tools).
+        tool_calls: An assistant turn's tool calls, each ``{"id", "type": "function", "function": {"name",
+            "arguments"}}`` with ``arguments`` as a dict (what chat templates render with ``tojson``).
+        tool_call_id: For a ``tool`` message: the call it answers.
+        name: The tool's name (``tool`` messages) or the speaker's name.
+    """
 
     role: str
     content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def to_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it (optional fields only when set)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(kw_only=True)
@@ -43,6 +65,8 @@ class GenerationParams:
         top_p: Nucleus sampling mass (only used when temperature > 0).
         stop: Stop strings; the answer ends before the first one.
         seed: Seed for sampling and for random choices of strategies.
+        tools: Tools the answer may call, in the OpenAI format (``{"type": "function", "function": {...}}``).
+        tool_choice: ``auto``, ``none``, ``required`` or a tool's name (see `ensemblehub_core.tools`).
     """
 
     max_tokens: int = 256
@@ -50,10 +74,13 @@ class GenerationParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | None = None
 
     def merged(self, **overrides: Any) -> GenerationParams:
         """Return a copy with the given non-None fields replaced."""
-        values = {k: getattr(self, k) for k in ("max_tokens", "temperature", "top_p", "stop", "seed")}
+        keys = ("max_tokens", "temperature", "top_p", "stop", "seed", "tools", "tool_choice")
+        values = {k: getattr(self, k) for k in keys}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["stop"] = list(values["stop"])
         return GenerationParams(**values)
@@ -130,6 +157,28 @@ class RoundTrace:
 
 
 @dataclass(kw_only=True)
+class ToolCall:
+    """A tool call read from an answer (see `ensemblehub_core.tools.parse_tool_calls`)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI wire shape (``arguments`` as a JSON string)."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
+        }
+
+    def to_message_dict(self) -> dict[str, Any]:
+        """The shape `Message.tool_calls` holds (``arguments`` as a dict, as chat templates expect)."""
+        fn = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": fn}
+
+
+@dataclass(kw_only=True)
 class Usage:
     """Token accounting of one ensemble call.
 
@@ -159,7 +208,9 @@ class Usage:
 class EnsembleResult:
     """The answer of an ensemble with its accounting and per-round trace.
 
-    ``finish_reason`` follows the OpenAI convention: ``stop`` (EOS or a stop string) or ``length``.
+    ``finish_reason`` follows the OpenAI convention: ``stop`` (EOS or a stop string) or ``length``. When the
+    request offered tools, the calls the answer made are in ``tool_calls`` and ``text`` is the answer without
+    the call markup (faces report ``tool_calls`` as the finish reason when there are any).
     """
 
     text: str
@@ -170,6 +221,7 @@ class EnsembleResult:
     strategy: str = ""
     elapsed_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def to_dict(self, full_trace: bool = False) -> dict[str, Any]:
         return {
@@ -181,4 +233,5 @@ class EnsembleResult:
             "elapsed_s": round(self.elapsed_s, 3),
             "trace": [r.to_dict() if full_trace else r.summary() for r in self.trace],
             **({"extra": self.extra} if self.extra else {}),
+            **({"tool_calls": [c.to_dict() for c in self.tool_calls]} if self.tool_calls else {}),
         }

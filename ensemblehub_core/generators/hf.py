@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
+from ensemblehub_core.tools import ToolSpec, active_tools, messages_with_tool_text, with_system_note
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.generators.hf_tokens import HFTokenSession
     from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
 
@@ -80,20 +82,40 @@ class HFGenerator(Generator):
             raise InputError(f"member '{name}': prompt_format must be 'chat' or contain {{input}}, got {fmt!r}")
         self.prompt_format = fmt
         self.system_prompt = system_prompt
+        # A template that mentions tools renders them (and tool turns) itself; others get them as text.
+        template = str(getattr(self.tokenizer, "chat_template", "") or "")
+        self.native_tools = fmt == "chat" and "tool" in template
 
     # -- prompts and tokens --------------------------------------------------------------------------------
-    def render_prompt(self, messages: Sequence[Message]) -> str:
-        """The prompt text this member sees before the assistant's answer."""
-        if self.prompt_format != "chat":
-            return self.prompt_format.replace("{input}", render_plain(messages))
-        msgs = [m.to_dict() for m in messages]
-        if self.system_prompt and not any(m["role"] == "system" for m in msgs):
-            msgs.insert(0, {"role": "system", "content": self.system_prompt})
-        return str(self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True))
+    def render_prompt(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> str:
+        """The prompt text this member sees before the assistant's answer.
 
-    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        Args:
+            messages: The conversation.
+            tools: The request's tools: rendered by the chat template when it knows tools, else given as a
+                system message; a forced choice adds the start of the call after the prompt.
+        """
+        shown = tools.visible if tools is not None else []
+        chat = self.prompt_format == "chat"
+        if chat and self.system_prompt and not any(m.role == "system" for m in messages):
+            messages = [Message(role="system", content=self.system_prompt), *messages]
+        if tools is not None and tools.instruction:
+            messages = with_system_note(messages, tools.instruction)
+        has_tool_turns = any(m.role == "tool" or m.tool_calls for m in messages)
+        if not self.native_tools and (shown or has_tool_turns):
+            messages = messages_with_tool_text(messages, shown)
+        prefill = tools.prefill if tools is not None else ""
+        if self.prompt_format != "chat":
+            return self.prompt_format.replace("{input}", render_plain(messages)) + prefill
+        extra = {"tools": shown} if self.native_tools and shown else {}
+        text = self.tokenizer.apply_chat_template(
+            [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=True, **extra
+        )
+        return str(text) + prefill
+
+    def encode_prompt(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> list[int]:
         """Token ids of the prompt (special tokens from the template, or the tokenizer's BOS for plain text)."""
-        text = self.render_prompt(messages)
+        text = self.render_prompt(messages, tools)
         ids = self.tokenizer.encode(text, add_special_tokens=self.prompt_format != "chat")
         if len(ids) >= self.loaded.context_length:
             raise InputError(
@@ -115,10 +137,16 @@ class HFGenerator(Generator):
     def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
         if not incremental:
             return PrefixSession(self, messages)
-        return HFSession(self, messages)
+        return HFSession(self, messages, tools=active_tools())
+
+    def open_token_session(self, messages: Sequence[Message]) -> HFTokenSession:
+        """Next-token logits over a growing answer, with the KV cache kept (see `generators.hf_tokens`)."""
+        from ensemblehub_core.generators.hf_tokens import HFTokenSession
+
+        return HFTokenSession(self, messages, tools=active_tools())
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
-        session = HFSession(self, messages, prefix=prefix)
+        session = HFSession(self, messages, prefix=prefix, tools=active_tools())
         try:
             return await session.generate(request)
         finally:
@@ -129,7 +157,8 @@ class HFGenerator(Generator):
     ) -> list[Candidate]:
         if len(prompts) <= 1:
             return [await self.complete(m, p, request) for m, p in prompts]
-        ids = [self.encode_prompt(m) + self.encode(p) for m, p in prompts]
+        tools = active_tools()
+        ids = [self.encode_prompt(m, tools) + self.encode(p) for m, p in prompts]
         return await asyncio.to_thread(self._batch_decode, ids, request)
 
     def _batch_decode(self, prompts: list[list[int]], request: SegmentRequest) -> list[Candidate]:
@@ -222,9 +251,11 @@ class _Proposal:
 class HFSession(GeneratorSession):
     """One conversation on one local member, with its KV cache kept across rounds."""
 
-    def __init__(self, generator: HFGenerator, messages: Sequence[Message], *, prefix: str = "") -> None:
+    def __init__(
+        self, generator: HFGenerator, messages: Sequence[Message], *, prefix: str = "", tools: ToolSpec | None = None
+    ) -> None:
         self.gen = generator
-        prompt = generator.encode_prompt(messages)
+        prompt = generator.encode_prompt(messages, tools)
         self.prompt_tokens = len(prompt)
         self.ids: list[int] = prompt + generator.encode(prefix)
         self.cache: Any = None
