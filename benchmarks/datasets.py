@@ -43,14 +43,16 @@ def arithmetic(n: int, seed: int = 42) -> list[Item]:
                  answer=str(x["answer"])) for x in ds]
 
 
-_LETTER = re.compile(r"\b([ABCD])\b")
+# A choice letter standing alone, not the article "A" starting a sentence ("A sound wave ...").
+_LETTER = re.compile(r"(?<![A-Za-z])([ABCD])(?![A-Za-z])(?!\s+[a-z])")
+_STATED = re.compile(r"answer\s*(?:is|:)?\s*[(*]*([ABCD])(?![A-Za-z])", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def is_correct(item: Item, text: str) -> bool:
     """First choice letter in the answer, or its last number compared numerically."""
     if item.kind == "choice":
-        m = _LETTER.search(text)
-        return bool(m) and m.group(1) == item.answer  # type: ignore[union-attr]
+        m = _STATED.search(text) or _LETTER.search(text)
+        return bool(m) and m.group(1).upper() == item.answer  # type: ignore[union-attr]
     nums = _NUMBER.findall(text.replace(",", ""))
     return bool(nums) and abs(float(nums[-1]) - float(item.answer)) < 1e-6

@@ -138,11 +138,14 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
 
 
 # -- quality ------------------------------------------------------------------------------------------------
-def quality(hub: Hub, n_mmlu: int, n_arith: int) -> dict[str, Any]:
+OTHER_STRATEGIES = ("vote-trio", "best-of-duo", "rank-duo", "fuse-duo", "gac-duo", "gac-trio", "unite-duo")
+
+
+def quality(hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False) -> dict[str, Any]:
     """Accuracy of each member alone, the random baseline and the ensembles on fixed held-out sets."""
     from benchmarks.datasets import arithmetic, is_correct, mmlu
 
-    sets = {"mmlu": (mmlu(n_mmlu), 16), "arithmetic": (arithmetic(n_arith), 64)}
+    sets = {"mmlu": (mmlu(n_mmlu), 32), "arithmetic": (arithmetic(n_arith), 64)}
     trio = hub.ensemble("trio")
     systems: dict[str, Ensemble] = {
         f"{name} alone": Ensemble([g], strategy="single", name=name) for name, g in trio.members.items()
@@ -150,6 +153,8 @@ def quality(hub: Hub, n_mmlu: int, n_arith: int) -> dict[str, Any]:
     systems["random (trio)"] = Ensemble(trio.members, strategy="random", strategy_params={"segment_tokens": 24})
     systems["segment trio + judge"] = trio
     systems["segment duo + likelihood"] = hub.ensemble("duo")
+    if strategies:  # the response- and token-level ensembles of the packaged config
+        systems.update({name: hub.ensemble(name) for name in OTHER_STRATEGIES})
     out: dict[str, Any] = {}
     for sys_name, ens in systems.items():
         out[sys_name] = {}
@@ -173,6 +178,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["overhead", "growth", "quality"], action="append")
     ap.add_argument("--mmlu", type=int, default=100)
     ap.add_argument("--arith", type=int, default=50)
+    ap.add_argument("--strategies", action="store_true",
+                    help="also rate the response- and token-level ensembles (slow on a CPU)")
     args = ap.parse_args()
     sections = args.only or ["overhead", "growth", "quality"]
     hub = Hub()
@@ -182,7 +189,8 @@ def main() -> None:
     if "growth" in sections:
         report["growth"] = growth(hub, (32, 64, 128) if args.quick else (64, 256, 512))
     if "quality" in sections:
-        report["quality"] = quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith)
+        report["quality"] = quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
+                                    strategies=args.strategies)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "core-quick.json" if args.quick else "core.json"
     existing = json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else {}
