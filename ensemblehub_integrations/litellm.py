@@ -70,8 +70,12 @@ _PARAMS = {
     "tools": "tools",
     "tool_choice": "tool_choice",
 }
-#: Parameters about the transport or bookkeeping, not the answer: accepted and not used.
-_TRANSPORT = {"stream", "stream_options", "user", "metadata", "parallel_tool_calls", "extra_body", "n"}
+#: Parameters about the transport or bookkeeping, not the answer (LiteLLM's router and proxy add some):
+#: accepted and not used.
+_TRANSPORT = {
+    "stream", "stream_options", "user", "metadata", "parallel_tool_calls", "extra_body", "extra_headers", "n",
+    "max_retries", "num_retries", "timeout",
+}
 
 
 def _error(exc: EnsembleHubError) -> CustomLLMError:
