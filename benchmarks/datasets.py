@@ -29,7 +29,8 @@ def mmlu(n: int, seed: int = 0) -> list[Item]:
     items = []
     for r in rng.sample(rows, n):
         choices = "\n".join(f"{k.upper()}. {r['answer_' + k]}" for k in "abcd")
-        prompt = f"{r['question']}\n\n{choices}\n\nAnswer with the letter of the correct choice (A, B, C or D)."
+        prompt = (f"{r['question']}\n\n{choices}\n\nReply with the letter of the correct choice (A, B, C or D) "
+                  "first, then one sentence of explanation.")
         items.append(Item(kind="choice", prompt=prompt, answer=r["correct_answer"]))
     return items
 

@@ -141,11 +141,18 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
 OTHER_STRATEGIES = ("vote-trio", "best-of-duo", "rank-duo", "fuse-duo", "gac-duo", "gac-trio", "unite-duo")
 
 
-def quality(hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False) -> dict[str, Any]:
-    """Accuracy of each member alone, the random baseline and the ensembles on fixed held-out sets."""
+def quality(
+    hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False, done: dict[str, Any] | None = None,
+    save: Any = None,
+) -> dict[str, Any]:
+    """Accuracy of each member alone, the random baseline and the ensembles on fixed held-out sets.
+
+    Systems already in ``done`` with the same set sizes are kept, not re-run (a long run that was stopped
+    resumes); ``save`` is called with the table after every system.
+    """
     from benchmarks.datasets import arithmetic, is_correct, mmlu
 
-    sets = {"mmlu": (mmlu(n_mmlu), 32), "arithmetic": (arithmetic(n_arith), 64)}
+    sets = {"mmlu": (mmlu(n_mmlu), 16), "arithmetic": (arithmetic(n_arith), 64)}
     trio = hub.ensemble("trio")
     systems: dict[str, Ensemble] = {
         f"{name} alone": Ensemble([g], strategy="single", name=name) for name, g in trio.members.items()
@@ -157,6 +164,10 @@ def quality(hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False) -> di
         systems.update({name: hub.ensemble(name) for name in OTHER_STRATEGIES})
     out: dict[str, Any] = {}
     for sys_name, ens in systems.items():
+        previous = (done or {}).get(sys_name, {})
+        if all(previous.get(k, {}).get("n") == len(items) for k, (items, _) in sets.items()):
+            out[sys_name] = previous
+            continue
         out[sys_name] = {}
         for set_name, (items, max_tokens) in sets.items():
             t0 = time.perf_counter()
@@ -167,6 +178,8 @@ def quality(hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False) -> di
             print()
             out[sys_name][set_name] = {"accuracy": correct / len(items), "n": len(items),
                                        "seconds": time.perf_counter() - t0}
+        if save is not None:
+            save(out)
     table("Quality: accuracy on held-out sets (greedy)", ["system", *sets],
           [[s, *[f"{v[k]['accuracy']:.2f} ({v[k]['seconds']:.0f}s)" for k in sets]] for s, v in out.items()])
     return out
@@ -180,23 +193,28 @@ def main() -> None:
     ap.add_argument("--arith", type=int, default=50)
     ap.add_argument("--strategies", action="store_true",
                     help="also rate the response- and token-level ensembles (slow on a CPU)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep quality figures already in the results file for systems rated on the same sizes")
     args = ap.parse_args()
     sections = args.only or ["overhead", "growth", "quality"]
     hub = Hub()
-    report: dict[str, Any] = {"machine": platform.platform(), "python": platform.python_version()}
-    if "overhead" in sections:
-        report["overhead"] = overhead(hub, max_tokens=32 if args.quick else 64)
-    if "growth" in sections:
-        report["growth"] = growth(hub, (32, 64, 128) if args.quick else (64, 256, 512))
-    if "quality" in sections:
-        report["quality"] = quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
-                                    strategies=args.strategies)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "core-quick.json" if args.quick else "core.json"
-    existing = json.loads((RESULTS / name).read_text()) if (RESULTS / name).exists() else {}
-    existing.update(report)
-    (RESULTS / name).write_text(json.dumps(existing, indent=2))
-    print(f"\nwrote {RESULTS / name}")
+    path = RESULTS / ("core-quick.json" if args.quick else "core.json")
+    existing: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(section: str, value: Any) -> None:
+        existing.update({"machine": platform.platform(), "python": platform.python_version(), section: value})
+        path.write_text(json.dumps(existing, indent=2))
+
+    if "overhead" in sections:
+        save("overhead", overhead(hub, max_tokens=32 if args.quick else 64))
+    if "growth" in sections:
+        save("growth", growth(hub, (32, 64, 128) if args.quick else (64, 256, 512)))
+    if "quality" in sections:
+        done = existing.get("quality", {}) if args.resume else {}
+        save("quality", quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
+                                strategies=args.strategies, done=done, save=lambda q: save("quality", q)))
+    print(f"\nwrote {path}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["PrefixCache", "device_lock", "forward", "make_cache", "pick_token", "rollback", "seeded_generator"]
+__all__ = [
+    "PrefixCache", "cache_kwargs", "device_lock", "forward", "make_cache", "pick_token", "rollback", "seeded_generator",
+]
 
 _LOCKS: dict[str, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -39,10 +41,25 @@ def rollback(cache: Any, tokens: int) -> bool:
 
 
 @torch.inference_mode()
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` for ``model.forward``: transformers 5.24 calls the KV cache ``cache``, earlier 5.x
+    releases (the one vLLM pins among them) ``past_key_values``."""
+    name = _CACHE_KWARG.get(type(model))
+    if name is None:
+        import inspect
+
+        params = inspect.signature(type(model).forward).parameters
+        name = _CACHE_KWARG.setdefault(type(model), "cache" if "cache" in params else "past_key_values")
+    return {name: cache}
+
+
+_CACHE_KWARG: dict[type, str] = {}
+
+
 def forward(model: Any, ids: list[int], cache: Any) -> torch.Tensor:
     """Run ``ids`` through ``model`` on top of ``cache`` (updated in place); return the last position's logits."""
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=input_ids, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
     return out.logits[0, -1].float()
 
 

@@ -27,6 +27,8 @@ class Entry:
 BACKENDS: dict[str, Entry] = {
     "hf": Entry(path="ensemblehub_core.generators.hf:build", extra="hf",
                 summary="local model via transformers (hub id, folder, GGUF, embedded package)"),
+    "vllm": Entry(path="ensemblehub_core.generators.vllm:build", extra="vllm",
+                  summary="local model run in-process by vLLM (batched, prefix caching, top-k logprobs)"),
     "function": Entry(path="ensemblehub_core.generators.function:build",
                       summary="a Python callable 'module:function' (tests, prototyping)"),
     "openai": Entry(path="ensemblehub_core.generators.openai_compat:build", extra="api",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
-from ensemblehub_core.tools import ToolSpec, active_tools, messages_with_tool_text, with_system_note
+from ensemblehub_core.generators.prompting import TokenizerPrompt
+from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -25,20 +26,10 @@ if TYPE_CHECKING:
     from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
 
-__all__ = ["HFGenerator", "HFSession", "render_plain"]
+__all__ = ["HFGenerator", "HFSession"]
 
 
-def render_plain(messages: Sequence[Message]) -> str:
-    """Flatten a conversation for a model without a chat template.
-
-    A single user message is passed as it is; longer conversations become ``Role: text`` paragraphs.
-    """
-    if len(messages) == 1 and messages[0].role == "user":
-        return messages[0].content
-    return "\n\n".join(f"{m.role.capitalize()}: {m.content}" for m in messages)
-
-
-class HFGenerator(Generator):
+class HFGenerator(TokenizerPrompt, Generator):
     """A transformers causal LM as an ensemble member.
 
     Args:
@@ -72,66 +63,8 @@ class HFGenerator(Generator):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.eos_ids = set(loaded.eos_token_ids)
-        fmt = prompt_format or ("chat" if loaded.has_chat_template else "{input}")
-        if fmt == "chat" and not loaded.has_chat_template:
-            raise InputError(
-                f"member '{name}': prompt_format 'chat' needs a chat template, and {loaded.spec.source} has none; "
-                "set prompt_format to a template with {input}, e.g. 'Question: {input}\\nAnswer:'"
-            )
-        if fmt != "chat" and "{input}" not in fmt:
-            raise InputError(f"member '{name}': prompt_format must be 'chat' or contain {{input}}, got {fmt!r}")
-        self.prompt_format = fmt
-        self.system_prompt = system_prompt
-        # A template that mentions tools renders them (and tool turns) itself; others get them as text.
-        template = str(getattr(self.tokenizer, "chat_template", "") or "")
-        self.native_tools = fmt == "chat" and "tool" in template
-
-    # -- prompts and tokens --------------------------------------------------------------------------------
-    def render_prompt(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> str:
-        """The prompt text this member sees before the assistant's answer.
-
-        Args:
-            messages: The conversation.
-            tools: The request's tools: rendered by the chat template when it knows tools, else given as a
-                system message; a forced choice adds the start of the call after the prompt.
-        """
-        shown = tools.visible if tools is not None else []
-        chat = self.prompt_format == "chat"
-        if chat and self.system_prompt and not any(m.role == "system" for m in messages):
-            messages = [Message(role="system", content=self.system_prompt), *messages]
-        if tools is not None and tools.instruction:
-            messages = with_system_note(messages, tools.instruction)
-        has_tool_turns = any(m.role == "tool" or m.tool_calls for m in messages)
-        if not self.native_tools and (shown or has_tool_turns):
-            messages = messages_with_tool_text(messages, shown)
-        prefill = tools.prefill if tools is not None else ""
-        if self.prompt_format != "chat":
-            return self.prompt_format.replace("{input}", render_plain(messages)) + prefill
-        extra = {"tools": shown} if self.native_tools and shown else {}
-        text = self.tokenizer.apply_chat_template(
-            [m.to_dict() for m in messages], tokenize=False, add_generation_prompt=True, **extra
-        )
-        return str(text) + prefill
-
-    def encode_prompt(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> list[int]:
-        """Token ids of the prompt (special tokens from the template, or the tokenizer's BOS for plain text)."""
-        text = self.render_prompt(messages, tools)
-        ids = self.tokenizer.encode(text, add_special_tokens=self.prompt_format != "chat")
-        if len(ids) >= self.loaded.context_length:
-            raise InputError(
-                f"member '{self.name}': the prompt is {len(ids)} tokens, longer than its context of "
-                f"{self.loaded.context_length}; shorten the prompt or drop this member"
-            )
-        return list(ids)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
+        self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
+                          prompt_format, system_prompt)
 
     # -- generation ----------------------------------------------------------------------------------------
     def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
@@ -170,7 +103,7 @@ class HFGenerator(Generator):
         start = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(len(p) for p in prompts)
-        budget = min(request.max_new_tokens, self.loaded.context_length - width)
+        budget = min(request.max_new_tokens, self.context_length - width)
         dev = self.model.device
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
@@ -216,9 +149,11 @@ class HFGenerator(Generator):
         ]
 
     def _batch_forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        from ensemblehub_core._torch import cache_kwargs
+
         out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-            logits_to_keep=1,
+            input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.model, cache),
+            use_cache=True, logits_to_keep=1,
         )
         return out.logits[:, -1].float()
 
@@ -283,10 +218,10 @@ class HFSession(GeneratorSession):
         from ensemblehub_core._torch import forward, make_cache, pick_token, seeded_generator
 
         start = time.perf_counter()
-        budget = min(request.max_new_tokens, self.gen.loaded.context_length - len(self.ids))
+        budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
         if budget <= 0:
             raise InputError(
-                f"member '{self.gen.name}': no room left in its context of {self.gen.loaded.context_length} tokens"
+                f"member '{self.gen.name}': no room left in its context of {self.gen.context_length} tokens"
             )
         if self.cache is None:
             self.cache, self.cached = make_cache(self.gen.model), 0

@@ -39,7 +39,7 @@ from ensemblehub_core.generators._api import (
     resolve_key,
 )
 from ensemblehub_core.generators.base import Generator, SegmentRequest
-from ensemblehub_core.generators.hf import render_plain
+from ensemblehub_core.generators.prompting import render_plain
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:

@@ -148,6 +148,16 @@ def _describe(spec: ModelSpec, model: Any, tokenizer: Any, folder: str) -> Loade
     )
 
 
+def model_folder(spec: ModelSpec) -> str:
+    """The folder of transformers-format weights for ``spec`` (a GGUF source is converted once first), or its
+    hub id; for engines that load weights themselves (vLLM).
+
+    Raises:
+        ConfigError: an unknown embedded name or an invalid spec.
+    """
+    return _folder_for(resolve_source(spec.source, spec.gguf_file), spec)[0]
+
+
 def _folder_for(resolved: ResolvedSource, spec: ModelSpec) -> tuple[str, bool]:
     """The folder (or hub id) to hand to from_pretrained, and whether to stay off the network."""
     if resolved.kind == "folder":
