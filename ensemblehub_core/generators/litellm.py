@@ -16,6 +16,10 @@ Config::
         api_base: null                    # a proxy or self-hosted server
         prefix_mode: assistant            # see `_api.chat_payload`
         timeout_s: 60
+
+Tools: the request's tools go to the model natively (``tools``, ``tool_choice``, tool turns as OpenAI tool
+messages, which LiteLLM translates for its provider) and the answer's ``tool_calls`` come back as
+``<tool_call>`` blocks in the candidate's text (see `_api`).
 """
 
 from __future__ import annotations
@@ -27,15 +31,20 @@ from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import ConfigError, GeneratorError
 from ensemblehub_core.generators._api import (
-    PREFIX_MODES,
+    NO_KEY,
     Secret,
     api_error,
     chat_payload,
+    check_prefix_mode,
     finish_candidate,
+    native_calls,
     parse_retry_after,
-    resolve_key,
+    read_options,
+    sampling_args,
+    tool_fields,
 )
 from ensemblehub_core.generators.base import Generator, SegmentRequest
+from ensemblehub_core.tools import active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -84,10 +93,7 @@ class LiteLLMGenerator(Generator):
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(name)
-        if prefix_mode not in PREFIX_MODES:
-            raise ConfigError(
-                f"member '{name}': options.prefix_mode must be one of {', '.join(PREFIX_MODES)}, got {prefix_mode!r}"
-            )
+        check_prefix_mode(name, prefix_mode)
         self.model = model
         self.api_base = api_base
         self._key = api_key or Secret(None)
@@ -105,28 +111,24 @@ class LiteLLMGenerator(Generator):
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         litellm = _litellm()
         started = time.perf_counter()
+        tools = active_tools()
         msgs, extra_body = chat_payload(messages, prefix, self.prefix_mode)
         args: dict[str, Any] = {
             **self.extra,
             "model": self.model,
             "messages": msgs,
-            "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
+            **sampling_args(request),
+            **tool_fields(tools),
             "timeout": self.timeout_s,
             "num_retries": 0,
         }
-        if request.stop:
-            args["stop"] = list(request.stop)[:4]
-        if request.seed is not None:
-            args["seed"] = request.seed
         if self.api_base:
             args["api_base"] = self.api_base
         if self._key:
             args["api_key"] = self._key.reveal()
         elif self.api_base:
             # A self-hosted base needs no key, and LiteLLM would otherwise send the provider's env key to it.
-            args["api_key"] = "no-key"
+            args["api_key"] = NO_KEY
         if extra_body:
             args["extra_body"] = {**args.get("extra_body", {}), **extra_body}
         try:
@@ -142,6 +144,7 @@ class LiteLLMGenerator(Generator):
             self.name, choice.message.content or "", request, server_finish=choice.finish_reason,
             completion_tokens=getattr(usage, "completion_tokens", None),
             prompt_tokens=getattr(usage, "prompt_tokens", None), started=started,
+            calls=native_calls(getattr(choice.message, "tool_calls", None)), tools=tools,
         )
 
     def _map_error(self, exc: Exception) -> GeneratorError:
@@ -161,21 +164,19 @@ class LiteLLMGenerator(Generator):
 
 def build(cfg: MemberConfig, ctx: BuildContext) -> LiteLLMGenerator:
     """Build from config: ``model`` (or ``options.model``) is a LiteLLM model string."""
-    opts = dict(cfg.options)
-    model = cfg.model or opts.get("model")
-    if not model:
+    opts = read_options(cfg)
+    if not opts.model:
         raise ConfigError(
             f"member '{cfg.name}': backend 'litellm' needs 'model', a LiteLLM model string such as "
             "'openai/gpt-4o-mini' or 'anthropic/claude-3-5-haiku-latest'"
         )
-    known = {"model", "api_base", "api_key", "api_key_env", "prefix_mode", "timeout_s", "max_retry_after_s"}
     return LiteLLMGenerator(
         cfg.name,
-        model=str(model),
-        api_base=opts.get("api_base"),
-        api_key=resolve_key(cfg.name, opts),
-        prefix_mode=str(opts.get("prefix_mode", "assistant")),
-        timeout_s=float(opts.get("timeout_s", 60.0)),
-        max_retry_after_s=float(opts.get("max_retry_after_s", 60.0)),
-        extra={k: v for k, v in opts.items() if k not in known},
+        model=opts.model,
+        api_base=opts.api_base,
+        api_key=opts.api_key,
+        prefix_mode=opts.prefix_mode,
+        timeout_s=opts.timeout_s,
+        max_retry_after_s=opts.max_retry_after_s,
+        extra=opts.rest,
     )

@@ -17,6 +17,10 @@ Config::
         prefix_mode: instruction          # how chat endpoints continue a prefix (see `_api.chat_payload`)
         timeout_s: 60
         stream: false
+
+Tools: in chat mode the request's tools go to the server natively (``tools``, ``tool_choice``, tool turns as
+OpenAI tool messages) and the answer's ``tool_calls`` come back as ``<tool_call>`` blocks in the candidate's
+text (see `_api`). Completions mode has no tool fields: the tools are written into the prompt as text.
 """
 
 from __future__ import annotations
@@ -30,16 +34,22 @@ from typing import TYPE_CHECKING, Any
 from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError
 from ensemblehub_core.generators._api import (
-    PREFIX_MODES,
+    NO_KEY,
     Secret,
     api_error,
     chat_payload,
+    check_prefix_mode,
     finish_candidate,
+    native_calls,
     parse_retry_after,
-    resolve_key,
+    read_options,
+    sampling_args,
+    text_route,
+    tool_fields,
 )
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.prompting import render_plain
+from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -49,10 +59,6 @@ if TYPE_CHECKING:
     from ensemblehub_core.hub import BuildContext
 
 __all__ = ["OpenAICompatGenerator", "build"]
-
-#: Sent as the bearer token when no key is configured: the client insists on one, and falling back to the
-#: client's own OPENAI_API_KEY lookup would send that key to whatever server ``api_base`` names.
-_NO_KEY = "no-key"
 
 
 class OpenAICompatGenerator(Generator):
@@ -94,10 +100,7 @@ class OpenAICompatGenerator(Generator):
         super().__init__(name)
         if mode not in ("chat", "completions"):
             raise ConfigError(f"member '{name}': options.mode must be 'chat' or 'completions', got {mode!r}")
-        if prefix_mode not in PREFIX_MODES:
-            raise ConfigError(
-                f"member '{name}': options.prefix_mode must be one of {', '.join(PREFIX_MODES)}, got {prefix_mode!r}"
-            )
+        check_prefix_mode(name, prefix_mode)
         if token_field not in ("max_tokens", "max_completion_tokens"):
             raise ConfigError(
                 f"member '{name}': options.token_field must be max_tokens or max_completion_tokens, got {token_field!r}"
@@ -133,47 +136,36 @@ class OpenAICompatGenerator(Generator):
         client = self._clients.get(loop)
         if client is None:
             client = AsyncOpenAI(
-                base_url=self.api_base, api_key=self._key.reveal() or _NO_KEY, timeout=self.timeout_s, max_retries=0
+                base_url=self.api_base, api_key=self._key.reveal() or NO_KEY, timeout=self.timeout_s, max_retries=0
             )
             self._clients[loop] = client
         return client
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         started = time.perf_counter()
+        tools = active_tools()
         try:
             if self.mode == "completions":
-                return await self._completions(messages, prefix, request, started)
-            return await self._chat(messages, prefix, request, started)
+                return await self._completions(messages, prefix, request, started, tools)
+            return await self._chat(messages, prefix, request, started, tools)
         except GeneratorError:
             raise
         except Exception as exc:
             raise self._map_error(exc) from exc
 
-    def _sampling(self, request: SegmentRequest) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "model": self.model,
-            self.token_field if self.mode == "chat" else "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature,
-            "top_p": request.top_p,
-        }
-        if request.stop:  # the server may stop at these (they are dropped); delimiters are cut here, kept
-            args["stop"] = list(request.stop)[:4]  # the OpenAI API takes at most four
-        if request.seed is not None:
-            args["seed"] = request.seed
-        return args
-
     async def _chat(
-        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float
+        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float,
+        tools: ToolSpec | None,
     ) -> Candidate:
         msgs, extra = chat_payload(messages, prefix, self.prefix_mode)
         body = {**self.extra_body, **extra}
         client = self._client()
-        args = self._sampling(request)
+        args = {"model": self.model, **sampling_args(request, self.token_field), **tool_fields(tools)}
         if self.stream:
             stream = await client.chat.completions.create(
                 messages=msgs, stream=True, extra_body=body or None, **args  # type: ignore[arg-type]
             )
-            return await self._read_stream(stream, request, started, chat=True)
+            return await self._read_stream(stream, request, started, chat=True, tools=tools)
         resp = await client.chat.completions.create(messages=msgs, extra_body=body or None, **args)  # type: ignore[arg-type]
         if not resp.choices:
             raise GeneratorError(self.name, f"the server at {self.api_base} returned no choices")
@@ -183,18 +175,21 @@ class OpenAICompatGenerator(Generator):
             self.name, choice.message.content or "", request, server_finish=choice.finish_reason,
             completion_tokens=usage.completion_tokens if usage else None,
             prompt_tokens=usage.prompt_tokens if usage else None, started=started,
+            calls=native_calls(choice.message.tool_calls), tools=tools,
         )
 
     async def _completions(
-        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float
+        self, messages: Sequence[Message], prefix: str, request: SegmentRequest, started: float,
+        tools: ToolSpec | None,
     ) -> Candidate:
-        prompt = self.prompt_format.replace("{input}", render_plain(messages)) + prefix
+        msgs, prefill = text_route(messages, tools)  # no tool fields here: the tools travel as text
+        prompt = self.prompt_format.replace("{input}", render_plain(msgs)) + prefill + prefix
         client = self._client()
-        args = self._sampling(request)
+        args = {"model": self.model, **sampling_args(request)}
         body = self.extra_body or None
         if self.stream:
             stream = await client.completions.create(prompt=prompt, stream=True, extra_body=body, **args)
-            return await self._read_stream(stream, request, started, chat=False)
+            return await self._read_stream(stream, request, started, chat=False, tools=tools)
         resp = await client.completions.create(prompt=prompt, extra_body=body, **args)
         if not resp.choices:
             raise GeneratorError(self.name, f"the server at {self.api_base} returned no choices")
@@ -206,9 +201,15 @@ class OpenAICompatGenerator(Generator):
             prompt_tokens=usage.prompt_tokens if usage else None, started=started,
         )
 
-    async def _read_stream(self, stream: Any, request: SegmentRequest, started: float, *, chat: bool) -> Candidate:
-        """Read chunks until the server ends or the text reaches a stop string or delimiter (then hang up)."""
+    async def _read_stream(
+        self, stream: Any, request: SegmentRequest, started: float, *, chat: bool, tools: ToolSpec | None
+    ) -> Candidate:
+        """Read chunks until the server ends or the text reaches a stop string or delimiter (then hang up).
+
+        Tool calls arrive in pieces (``delta.tool_calls``, by index): their names and arguments are joined.
+        """
         text, chunks, finish = "", 0, None
+        calls: dict[int, dict[str, str]] = {}
         try:
             async for chunk in stream:
                 if not chunk.choices:
@@ -218,15 +219,21 @@ class OpenAICompatGenerator(Generator):
                 if piece:
                     text += piece
                     chunks += 1
+                for delta in (choice.delta.tool_calls if chat else None) or []:
+                    call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                    if delta.function is not None:
+                        call["name"] += delta.function.name or ""
+                        call["arguments"] += delta.function.arguments or ""
+                    chunks += 1
                 finish = choice.finish_reason or finish
-                if piece and cut_text(text, request.stop, request.delimiters) is not None:
+                if piece and not calls and cut_text(text, request.stop, request.delimiters) is not None:
                     break
         finally:
             await stream.close()
         # Servers send about one token per chunk: the best count a stream gives without usage.
         return finish_candidate(
             self.name, text, request, server_finish=finish, completion_tokens=chunks, prompt_tokens=None,
-            started=started,
+            started=started, calls=native_calls([{"function": calls[i]} for i in sorted(calls)]), tools=tools,
         )
 
     def _map_error(self, exc: Exception) -> GeneratorError:
@@ -248,25 +255,23 @@ class OpenAICompatGenerator(Generator):
 
 def build(cfg: MemberConfig, ctx: BuildContext) -> OpenAICompatGenerator:
     """Build from config: ``model`` (or ``options.model``) and ``options.api_base`` are required."""
-    opts = dict(cfg.options)
-    model = cfg.model or opts.get("model")
-    api_base = opts.get("api_base")
-    if not model or not api_base:
+    opts = read_options(cfg)
+    if not opts.model or not opts.api_base:
         raise ConfigError(
             f"member '{cfg.name}': backend 'openai' needs 'model' and 'options.api_base' "
             "(e.g. model: gpt-4o-mini, api_base: https://api.openai.com/v1)"
         )
     return OpenAICompatGenerator(
         cfg.name,
-        model=str(model),
-        api_base=str(api_base),
-        api_key=resolve_key(cfg.name, opts),
-        mode=str(opts.get("mode", "chat")),
-        prefix_mode=str(opts.get("prefix_mode", "assistant")),
+        model=opts.model,
+        api_base=opts.api_base,
+        api_key=opts.api_key,
+        mode=str(opts.rest.get("mode", "chat")),
+        prefix_mode=opts.prefix_mode,
         prompt_format=cfg.prompt_format,
-        timeout_s=float(opts.get("timeout_s", 60.0)),
-        stream=bool(opts.get("stream", False)),
-        max_retry_after_s=float(opts.get("max_retry_after_s", 60.0)),
-        extra_body=opts.get("extra_body"),
-        token_field=str(opts.get("token_field", "max_tokens")),
+        timeout_s=opts.timeout_s,
+        stream=bool(opts.rest.get("stream", False)),
+        max_retry_after_s=opts.max_retry_after_s,
+        extra_body=opts.rest.get("extra_body"),
+        token_field=str(opts.rest.get("token_field", "max_tokens")),
     )
