@@ -21,6 +21,10 @@ Config::
 Tools: in chat mode the request's tools go to the server natively (``tools``, ``tool_choice``, tool turns as
 OpenAI tool messages) and the answer's ``tool_calls`` come back as ``<tool_call>`` blocks in the candidate's
 text (see `_api`). Completions mode has no tool fields: the tools are written into the prompt as text.
+
+Token level: in completions mode a member can serve `unite` (and logit judges) from the server's top-k
+``logprobs`` (`APITokenSession`): each step asks for one token with its top-k alternatives. Chat mode cannot
+continue a partial answer token by token, so token-level strategies reject chat-mode members.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core._text import cut_text
-from ensemblehub_core.exceptions import ConfigError, GeneratorError
+from ensemblehub_core.exceptions import CapabilityError, ConfigError, GeneratorError
 from ensemblehub_core.generators._api import (
     NO_KEY,
     Secret,
@@ -49,6 +53,7 @@ from ensemblehub_core.generators._api import (
 )
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.prompting import render_plain
+from ensemblehub_core.generators.tokens import Piece, TokenSession
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message
 
@@ -63,6 +68,8 @@ __all__ = ["OpenAICompatGenerator", "build"]
 
 class OpenAICompatGenerator(Generator):
     """One model behind an OpenAI-compatible HTTP endpoint.
+
+    ``supports_top_logprobs`` holds in completions mode only (see `open_token_session`).
 
     Args:
         name: Member name.
@@ -122,6 +129,23 @@ class OpenAICompatGenerator(Generator):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
+
+    supports_top_logprobs = True
+
+    def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
+        """Top-k next-token view through the completions endpoint's ``logprobs`` (completions mode only).
+
+        Raises:
+            CapabilityError: the member is in chat mode.
+        """
+        if self.mode != "completions":
+            raise CapabilityError(
+                f"member '{self.name}' (openai, chat mode) cannot give next-token log-probabilities for a partial "
+                "answer; set options.mode: completions (with a prompt_format) to use it in 'unite', or use a "
+                "response-level strategy or segment"
+            )
+        msgs, prefill = text_route(messages, active_tools())
+        return APITokenSession(self, self.prompt_format.replace("{input}", render_plain(msgs)) + prefill)
 
     def __repr__(self) -> str:
         return (
@@ -251,6 +275,94 @@ class OpenAICompatGenerator(Generator):
             cause = exc.__cause__ or exc
             return api_error(self.name, f"connection to {where} failed: {type(cause).__name__}: {cause}", self._key)
         return api_error(self.name, f"{type(exc).__name__} from {where}: {exc}", self._key)
+
+
+#: What servers write for a token with no text of its own (EOS and other special tokens when they are skipped).
+_EOS_TEXTS = {"", "<|im_end|>", "<|endoftext|>", "</s>", "<eos>", "<end_of_turn>", "<|eot_id|>", "<|end|>"}
+
+
+def token_piece(token: str) -> Piece:
+    """The bytes a server's token string stands for; None for end-of-sequence.
+
+    vLLM writes tokens that are not whole UTF-8 characters as ``bytes:\\xe2\\x80``; others are plain text.
+    """
+    if token in _EOS_TEXTS:
+        return None
+    if token.startswith("bytes:"):
+        return bytes(token[6:], "latin-1").decode("unicode_escape").encode("latin-1")
+    return token.encode("utf-8")
+
+
+class APITokenSession(TokenSession):
+    """Top-k next-token log-probabilities of a completions endpoint, one call per step.
+
+    The session is driven from a worker thread (token strategies run their steps there), so it uses the
+    synchronous client. Text the ensemble picked is appended to the prompt; bytes of an unfinished UTF-8
+    character wait until the character is complete, since the API takes text.
+    """
+
+    full_distribution = False
+
+    def __init__(self, gen: OpenAICompatGenerator, prompt: str) -> None:
+        from openai import OpenAI
+
+        self.gen = gen
+        self.member = gen.name
+        self.prompt = prompt
+        self.text = b""
+        self._top: list[tuple[Piece, float]] | None = None
+        self._client = OpenAI(base_url=gen.api_base, api_key=gen._key.reveal() or NO_KEY,
+                              timeout=gen.timeout_s, max_retries=0)
+        self.calls = 0
+
+    def append(self, piece: bytes, own_id: int | None = None) -> None:
+        self.text += piece
+        self._top = None
+
+    def top_logprobs(self, k: int) -> list[tuple[Piece, float]]:
+        if self._top is None or len(self._top) < k:
+            self._top = self._ask(k)
+        return self._top[:k]
+
+    def _ask(self, k: int) -> list[tuple[Piece, float]]:
+        from ensemblehub_core.generators.hf_tokens import split_utf8
+
+        answer, _ = split_utf8(self.text)
+        started = time.perf_counter()
+        try:
+            resp = self._client.completions.create(
+                model=self.gen.model, prompt=self.prompt + answer, max_tokens=1, temperature=0.0, logprobs=k,
+                extra_body=self.gen.extra_body or None,
+            )
+        except Exception as exc:
+            raise self.gen._map_error(exc) from exc
+        self.forward_s += time.perf_counter() - started
+        self.calls += 1
+        if not resp.choices:
+            raise GeneratorError(self.member, f"the server at {self.gen.api_base} returned no choices")
+        choice = resp.choices[0]
+        if not self.prompt_tokens and resp.usage is not None:
+            self.prompt_tokens = resp.usage.prompt_tokens
+        listed = choice.logprobs.top_logprobs if choice.logprobs is not None else None
+        if not listed or not listed[0]:
+            raise GeneratorError(
+                self.member, f"the server at {self.gen.api_base} returned no top logprobs; it must support "
+                "the completions 'logprobs' field for token-level strategies"
+            )
+        top: list[tuple[Piece, float]] = []
+        for token, logprob in sorted(listed[0].items(), key=lambda kv: kv[1], reverse=True):
+            piece = token_piece(token)
+            if all(piece != p for p, _ in top):
+                top.append((piece, float(logprob)))
+        if choice.finish_reason == "stop" and not choice.text and all(p is not None for p, _ in top):
+            top.insert(0, (None, max(lp for _, lp in top) + 1e-6))  # the server stopped: EOS was its pick
+        return top
+
+    def stats(self) -> dict[str, Any]:
+        return {"api_calls": self.calls}
+
+    def close(self) -> None:
+        self._client.close()
 
 
 def build(cfg: MemberConfig, ctx: BuildContext) -> OpenAICompatGenerator:
