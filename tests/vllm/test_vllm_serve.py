@@ -20,7 +20,9 @@ from ensemblehub_core.models.loader import ModelSpec, model_folder
 
 pytest.importorskip("vllm")
 
-FEW_SHOT = "Question: What is the capital of Italy?\nAnswer: The capital of Italy is Rome.\n\nQuestion: {input}\nAnswer:"
+FEW_SHOT = (
+    "Question: What is the capital of Italy?\nAnswer: The capital of Italy is Rome.\n\nQuestion: {input}\nAnswer:"
+)
 QUESTION = "What is the capital of France?"
 
 
