@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "PrefixCache", "cache_kwargs", "device_lock", "forward", "make_cache", "pick_token", "rollback", "seeded_generator",
+    "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "make_cache", "pick_token", "rollback",
+    "seeded_generator",
 ]
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -82,6 +83,45 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torc
         keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
     return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
+
+
+class KeptCache:
+    """A session's KV cache and how many leading token positions it holds.
+
+    When this cache type cannot be rolled back it is dropped instead; the next `forward` starts a fresh one, so
+    the session re-runs from its token ids and stays correct, only slower.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.cache: Any = None
+        self.cached = 0
+
+    def forward(self, ids: list[int]) -> torch.Tensor:
+        """Run ``ids`` after the cached positions (a fresh cache if there is none); the last position's logits."""
+        if self.cache is None:
+            self.cache, self.cached = make_cache(self.model), 0
+        logits = forward(self.model, ids, self.cache)
+        self.cached += len(ids)
+        return logits
+
+    def rollback(self, tokens: int) -> None:
+        """Forget the last ``tokens`` cached positions, or the whole cache where it cannot roll back."""
+        if tokens <= 0 or self.cache is None:
+            return
+        if rollback(self.cache, tokens):
+            self.cached -= tokens
+        else:
+            self.reset()
+
+    def trim(self) -> None:
+        """Let sliding-window layers drop the past states they recorded (a crop of nothing); they would grow."""
+        if self.cache is not None and not rollback(self.cache, 0):
+            self.reset()
+
+    def reset(self) -> None:
+        """Drop the cache; the next `forward` starts from position 0."""
+        self.cache, self.cached = None, 0
 
 
 class PrefixCache:

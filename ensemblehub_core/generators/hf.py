@@ -189,12 +189,13 @@ class HFSession(GeneratorSession):
     def __init__(
         self, generator: HFGenerator, messages: Sequence[Message], *, prefix: str = "", tools: ToolSpec | None = None
     ) -> None:
+        from ensemblehub_core._torch import KeptCache
+
         self.gen = generator
         prompt = generator.encode_prompt(messages, tools)
         self.prompt_tokens = len(prompt)
         self.ids: list[int] = prompt + generator.encode(prefix)
-        self.cache: Any = None
-        self.cached = 0  # how many leading positions of ids (+ a proposal) the cache holds
+        self.kv = KeptCache(generator.model)  # holds the leading positions of ids (+ a proposal)
         self.proposal: _Proposal | None = None
         self.forwarded_tokens = 0  # tokens run through the model: the work this session did
 
@@ -215,7 +216,7 @@ class HFSession(GeneratorSession):
             raise GeneratorError(self.gen.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _decode(self, request: SegmentRequest) -> Candidate:
-        from ensemblehub_core._torch import forward, make_cache, pick_token, seeded_generator
+        from ensemblehub_core._torch import pick_token, seeded_generator
 
         start = time.perf_counter()
         budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
@@ -223,14 +224,11 @@ class HFSession(GeneratorSession):
             raise InputError(
                 f"member '{self.gen.name}': no room left in its context of {self.gen.context_length} tokens"
             )
-        if self.cache is None:
-            self.cache, self.cached = make_cache(self.gen.model), 0
-        if self.cached >= len(self.ids):  # all cached: re-run the last token to get its logits
-            self._rollback(self.cached - len(self.ids) + 1)
-        pending = self.ids[self.cached :]
-        logits = forward(self.gen.model, pending, self.cache)
+        if self.kv.cached >= len(self.ids):  # all cached: re-run the last token to get its logits
+            self.kv.rollback(self.kv.cached - len(self.ids) + 1)
+        pending = self.ids[self.kv.cached :]
+        logits = self.kv.forward(pending)
         self.forwarded_tokens += len(pending)
-        self.cached = len(self.ids)
         gen = seeded_generator(request.seed)
         new: list[int] = []
         fed, finish, text = 0, "length", ""
@@ -239,10 +237,9 @@ class HFSession(GeneratorSession):
             done, finish, text = self.gen._advance(new, tok, request)
             if done or step == budget - 1:
                 break
-            logits = forward(self.gen.model, [tok], self.cache)
+            logits = self.kv.forward([tok])
             fed += 1
         self.forwarded_tokens += fed
-        self.cached += fed
         cand = Candidate(
             member=self.gen.name,
             text=text,
@@ -261,30 +258,18 @@ class HFSession(GeneratorSession):
             # Our own segment won: its tokens are already in the cache (all but the last one).
             self.proposal = None
             self.ids += prop.ids
-            from ensemblehub_core._torch import rollback
-
-            if self.cache is not None and not rollback(self.cache, 0):
-                self.cache, self.cached = None, 0
+            self.kv.trim()
             return
         self._drop_proposal()
         self.ids += self.gen.encode(text)
 
     def _drop_proposal(self) -> None:
         self.proposal = None
-        self._rollback(self.cached - len(self.ids))
-
-    def _rollback(self, tokens: int) -> None:
-        from ensemblehub_core._torch import rollback
-
-        if tokens <= 0 or self.cache is None:
-            return
-        if rollback(self.cache, tokens):
-            self.cached -= tokens
-        else:  # this cache type cannot roll back: start over from the token ids
-            self.cache, self.cached = None, 0
+        self.kv.rollback(self.kv.cached - len(self.ids))
 
     def close(self) -> None:
-        self.cache, self.proposal = None, None
+        self.kv.reset()
+        self.proposal = None
 
 
 def build(cfg: MemberConfig, ctx: BuildContext) -> HFGenerator:

@@ -135,6 +135,8 @@ class HFTokenSession(TokenSession):
     def __init__(
         self, gen: HFGenerator, messages: Sequence[Message], *, window: int = 8, tools: ToolSpec | None = None
     ) -> None:
+        from ensemblehub_core._torch import KeptCache
+
         self.gen = gen
         self.member = gen.name
         self._vocab = vocab_of(gen)
@@ -145,8 +147,7 @@ class HFTokenSession(TokenSession):
         self.ends: list[int] = []
         self.text = b""  # the answer so far, as the ensemble wrote it
         self.synced = True  # ``answer`` spells ``text``
-        self.cache: Any = None
-        self.cached = 0  # positions of prompt + answer held by the cache
+        self.kv = KeptCache(gen.model)  # holds the leading positions of prompt + answer
         self.logits: torch.Tensor | None = None
         self.counts = {"forwarded_tokens": 0, "forward_calls": 0, "rolled_back": 0, "own_tokens": 0, "retokenized": 0}
         self._piece_ids: dict[bytes, int | None] = {}
@@ -167,21 +168,19 @@ class HFTokenSession(TokenSession):
         self.logits = None
 
     def next_logits(self) -> torch.Tensor:
-        from ensemblehub_core._torch import device_lock, forward, make_cache
+        from ensemblehub_core._torch import device_lock
 
         try:
             self._sync()
             total = len(self.prompt) + len(self.answer)
-            if self.logits is not None and self.cached == total:
+            if self.logits is not None and self.kv.cached == total:
                 return self.logits
-            if self.cache is None:
-                self.cache, self.cached = make_cache(self.gen.model), 0
-            if self.cached >= total:  # everything is cached: run the last token again for its logits
-                self._rollback(self.cached - total + 1)
-            pending = self._ids_from(self.cached)
+            if self.kv.cached >= total:  # everything is cached: run the last token again for its logits
+                self._rollback(self.kv.cached - total + 1)
+            pending = self._ids_from(self.kv.cached)
             with device_lock(str(self.gen.model.device)):
                 started = time.perf_counter()
-                self.logits = forward(self.gen.model, pending, self.cache)
+                self.logits = self.kv.forward(pending)
                 self.forward_s += time.perf_counter() - started
         except GeneratorError:
             raise
@@ -189,7 +188,6 @@ class HFTokenSession(TokenSession):
             raise GeneratorError(self.member, f"{type(exc).__name__}: {exc}") from exc
         self.counts["forwarded_tokens"] += len(pending)
         self.counts["forward_calls"] += 1
-        self.cached = total
         return self.logits
 
     def _sync(self) -> None:
@@ -203,20 +201,13 @@ class HFTokenSession(TokenSession):
         self.synced = True
         self.counts["retokenized"] += 1
         valid = len(self.prompt) + keep
-        if self.cached > valid:
-            self.counts["rolled_back"] += self.cached - valid
-            self._rollback(self.cached - valid)
+        if self.kv.cached > valid:
+            self.counts["rolled_back"] += self.kv.cached - valid
+            self._rollback(self.kv.cached - valid)
 
     def _rollback(self, tokens: int) -> None:
-        from ensemblehub_core._torch import rollback
-
         self.logits = None
-        if tokens <= 0 or self.cache is None:
-            return
-        if rollback(self.cache, tokens):
-            self.cached -= tokens
-        else:  # this cache type cannot roll back: start over from the token ids
-            self.cache, self.cached = None, 0
+        self.kv.rollback(tokens)
 
     def _ids_from(self, position: int) -> list[int]:
         if position < len(self.prompt):
@@ -246,4 +237,5 @@ class HFTokenSession(TokenSession):
         }
 
     def close(self) -> None:
-        self.cache, self.logits = None, None
+        self.kv.reset()
+        self.logits = None
