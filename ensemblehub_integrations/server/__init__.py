@@ -4,7 +4,7 @@
 ensemblehub serve --config my-ensembles.yaml              # 127.0.0.1:9876
 ENSEMBLEHUB_CONFIG=my-ensembles.yaml uvicorn --factory ensemblehub_integrations.server:app_from_env
 ```
-Any OpenAI client then uses an ensemble by its name as the ``model``. See README.md beside this file.
+Any OpenAI client then uses an ensemble by its name as the ``model``. See docs/server.md.
 """
 
 from __future__ import annotations
