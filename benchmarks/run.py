@@ -143,12 +143,13 @@ OTHER_STRATEGIES = ("vote-trio", "best-of-duo", "rank-duo", "fuse-duo", "gac-duo
 
 def quality(
     hub: Hub, n_mmlu: int, n_arith: int, strategies: bool = False, done: dict[str, Any] | None = None,
-    save: Any = None,
+    save: Any = None, only: list[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of each member alone, the random baseline and the ensembles on fixed held-out sets.
 
     Systems already in ``done`` with the same set sizes are kept, not re-run (a long run that was stopped
-    resumes); ``save`` is called with the table after every system.
+    resumes); ``save`` is called with the table after every system; ``only`` keeps the systems whose name
+    contains one of its words. Per-item results are kept, so subsets can be compared later.
     """
     from benchmarks.datasets import arithmetic, is_correct, mmlu
 
@@ -162,6 +163,8 @@ def quality(
     systems["segment duo + likelihood"] = hub.ensemble("duo")
     if strategies:  # the response- and token-level ensembles of the packaged config
         systems.update({name: hub.ensemble(name) for name in OTHER_STRATEGIES})
+    if only:
+        systems = {k: v for k, v in systems.items() if any(word in k for word in only)}
     out: dict[str, Any] = {}
     for sys_name, ens in systems.items():
         previous = (done or {}).get(sys_name, {})
@@ -171,13 +174,13 @@ def quality(
         out[sys_name] = {}
         for set_name, (items, max_tokens) in sets.items():
             t0 = time.perf_counter()
-            correct = 0
+            marks: list[int] = []
             for i, it in enumerate(items, 1):
-                correct += is_correct(it, ens.generate(it.prompt, max_tokens=max_tokens, seed=0).text)
-                print(f"\r  {sys_name:28s} {set_name:10s} {correct}/{i}", end="", flush=True)
+                marks.append(int(is_correct(it, ens.generate(it.prompt, max_tokens=max_tokens, seed=0).text)))
+                print(f"\r  {sys_name:28s} {set_name:10s} {sum(marks)}/{i}", end="", flush=True)
             print()
-            out[sys_name][set_name] = {"accuracy": correct / len(items), "n": len(items),
-                                       "seconds": time.perf_counter() - t0}
+            out[sys_name][set_name] = {"accuracy": sum(marks) / len(items), "n": len(items),
+                                       "seconds": time.perf_counter() - t0, "items": marks}
         if save is not None:
             save(out)
     table("Quality: accuracy on held-out sets (greedy)", ["system", *sets],
@@ -193,13 +196,16 @@ def main() -> None:
     ap.add_argument("--arith", type=int, default=50)
     ap.add_argument("--strategies", action="store_true",
                     help="also rate the response- and token-level ensembles (slow on a CPU)")
+    ap.add_argument("--systems", action="append",
+                    help="quality: only systems whose name contains this word (repeatable), e.g. alone, vote")
+    ap.add_argument("--results", default=None, help="results file name under benchmarks/results/")
     ap.add_argument("--resume", action="store_true",
                     help="keep quality figures already in the results file for systems rated on the same sizes")
     args = ap.parse_args()
     sections = args.only or ["overhead", "growth", "quality"]
     hub = Hub()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("core-quick.json" if args.quick else "core.json")
+    path = RESULTS / (args.results or ("core-quick.json" if args.quick else "core.json"))
     existing: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
 
     def save(section: str, value: Any) -> None:
@@ -213,7 +219,8 @@ def main() -> None:
     if "quality" in sections:
         done = existing.get("quality", {}) if args.resume else {}
         save("quality", quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
-                                strategies=args.strategies, done=done, save=lambda q: save("quality", q)))
+                                strategies=args.strategies, done=done, save=lambda q: save("quality", q),
+                                only=args.systems))
     print(f"\nwrote {path}")
 
 
