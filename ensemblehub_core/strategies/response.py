@@ -34,6 +34,7 @@ from ensemblehub_core.strategies.ranking import (
     MemberJudge,
     PairJudge,
     PanelJudge,
+    Ranking,
     RankMode,
     rank_candidates,
 )
@@ -367,47 +368,59 @@ class RankParams(ResponseParams):
     template: str = DEFAULT_PAIR_TEMPLATE
 
 
-def _judge_for(ctx: RunContext, params: RankParams | FuseParams, strategy: str) -> PairJudge:
-    if params.judge is not None:
-        return MemberJudge(_member(ctx, params.judge, "judge", strategy), template=params.template)
-    if ctx.panel is None:
-        raise ConfigError(f"strategy '{strategy}' needs a judge member ('judge:') or a scorer ('scorer:')")
-    return PanelJudge(ctx.panel)
+class _RankingStrategy(_ResponseStrategy):
+    """Shared by ``rank`` and ``fuse``: members named for roles, and answers ranked pairwise by the judge member
+    or, without one, by the scorer panel."""
 
+    params: RankParams | FuseParams
 
-def _check_judge(
-    name: str, params: RankParams | FuseParams, members: Mapping[str, Generator], panel: ScoringPanel | None
-) -> None:
-    if params.judge is not None and params.judge not in members:
-        raise ConfigError(
-            f"strategy '{name}': judge '{params.judge}' is not a member; members: {', '.join(members)}"
+    def roles(self) -> dict[str, str | None]:
+        """The member named for each role, in the order they are checked; None where a role is not used."""
+        return {"judge": self.params.judge}
+
+    def ranks(self) -> bool:
+        """Whether answers are ranked, so that a judge member or a scorer is needed."""
+        return True
+
+    def check(self, members: Mapping[str, Generator], panel: ScoringPanel | None) -> None:
+        super().check(members, panel)
+        for role, name in self.roles().items():
+            if name is not None and name not in members:
+                raise ConfigError(
+                    f"strategy '{self.name}': {role} '{name}' is not a member; members: {', '.join(members)}"
+                )
+        if self.ranks() and self.params.judge is None and panel is None:
+            raise self._no_judge()
+
+    async def rank(self, ctx: RunContext, answers: Answers) -> Ranking:
+        """``answers`` ranked pairwise (see `rank_candidates`)."""
+        p = self.params
+        judge: PairJudge
+        if p.judge is not None:
+            judge = MemberJudge(_member(ctx, p.judge, "judge", self.name), template=p.template)
+        elif ctx.panel is None:
+            raise self._no_judge()
+        else:
+            judge = PanelJudge(ctx.panel)
+        return await rank_candidates(
+            judge, ctx.messages, answers.candidates, answers.labels, mode=p.mode, swap=p.swap
         )
-    if params.judge is None and panel is None:
-        raise ConfigError(f"strategy '{name}' needs a judge member ('judge:') or a scorer ('scorer:')")
+
+    def _no_judge(self) -> ConfigError:
+        return ConfigError(f"strategy '{self.name}' needs a judge member ('judge:') or a scorer ('scorer:')")
 
 
-class RankStrategy(_ResponseStrategy):
+class RankStrategy(_RankingStrategy):
     """Pairwise ranking of full answers; the top one is returned with the ranking."""
 
     name: ClassVar[str] = "rank"
     Params = RankParams
     params: RankParams
 
-    def check(self, members: Mapping[str, Generator], panel: ScoringPanel | None) -> None:
-        super().check(members, panel)
-        _check_judge(self.name, self.params, members, panel)
-
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         answers = await self.answers(ctx)
         started = now()
-        ranking = await rank_candidates(
-            _judge_for(ctx, self.params, self.name),
-            ctx.messages,
-            answers.candidates,
-            answers.labels,
-            mode=self.params.mode,
-            swap=self.params.swap,
-        )
+        ranking = await self.rank(ctx, answers)
         ctx.extra["ranking"] = ranking.table(answers.labels)
         ctx.extra["comparisons"] = ranking.comparisons
         scores: list[float | None] = list(ranking.scores)
@@ -452,22 +465,18 @@ def with_references(messages: Sequence[Message], responses: Sequence[str], templ
     return [Message(role="system", content=system), *msgs]
 
 
-class FuseStrategy(_ResponseStrategy):
+class FuseStrategy(_RankingStrategy):
     """Mixture-of-Agents: proposers answer, an aggregator writes a new answer from their numbered answers."""
 
     name: ClassVar[str] = "fuse"
     Params = FuseParams
     params: FuseParams
 
-    def check(self, members: Mapping[str, Generator], panel: ScoringPanel | None) -> None:
-        super().check(members, panel)
-        agg = self.params.aggregator
-        if agg is not None and agg not in members:
-            raise ConfigError(
-                f"strategy 'fuse': aggregator '{agg}' is not a member; members: {', '.join(members)}"
-            )
-        if self.params.top_k is not None:
-            _check_judge(self.name, self.params, members, panel)
+    def roles(self) -> dict[str, str | None]:
+        return {"aggregator": self.params.aggregator, "judge": self.params.judge if self.ranks() else None}
+
+    def ranks(self) -> bool:
+        return self.params.top_k is not None  # only a top-k cut ranks the proposers' answers
 
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         p = self.params
@@ -516,14 +525,7 @@ class FuseStrategy(_ResponseStrategy):
         k = self.params.top_k
         if k is None or k >= len(texts):
             return texts, {}
-        ranking = await rank_candidates(
-            _judge_for(ctx, self.params, self.name),
-            ctx.messages,
-            answers.candidates,
-            answers.labels,
-            mode=self.params.mode,
-            swap=self.params.swap,
-        )
+        ranking = await self.rank(ctx, answers)
         kept = ranking.order[:k]
         return [texts[i] for i in kept], {
             "ranking": ranking.table(answers.labels),
