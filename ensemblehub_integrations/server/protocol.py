@@ -135,15 +135,23 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletionResponse(BaseModel):
+class _CompletionBody(BaseModel):
+    """Fields of both completion responses, in OpenAI's order; each response narrows ``object`` and ``choices``
+    (a field redeclared in a subclass keeps its place, so the order stays)."""
+
     id: str
-    object: Literal["chat.completion"] = "chat.completion"
+    object: str
     created: int
     model: str
-    choices: list[ChatChoice]
+    choices: list[Any]
     usage: UsageModel
     system_fingerprint: str | None = None
     ensemble_trace: list[dict[str, Any]] | None = Field(default=None, description="Extension, on request.")
+
+
+class ChatCompletionResponse(_CompletionBody):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
 
 
 class CompletionChoice(BaseModel):
@@ -153,15 +161,9 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(_CompletionBody):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
     choices: list[CompletionChoice]
-    usage: UsageModel
-    system_fingerprint: str | None = None
-    ensemble_trace: list[dict[str, Any]] | None = None
 
 
 class ModelCard(BaseModel):
