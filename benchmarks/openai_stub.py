@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.types import Candidate, Message
+from ensemblehub_integrations.server import threaded
 
 __all__ = ["Faults", "Served", "create_app", "fixed_text", "serve_in_thread"]
 
@@ -185,34 +184,11 @@ class Served:
         return self.app.state.log
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @contextlib.contextmanager
 def serve_in_thread(app: Any) -> Iterator[Served]:
     """Run ``app`` with uvicorn on a free port of 127.0.0.1 (in a daemon thread) until the block ends."""
-    import uvicorn
-
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the stub server did not start")
-        time.sleep(0.02)
-    try:
-        yield Served(api_base=f"http://127.0.0.1:{port}/v1", app=app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    with threaded.serve_in_thread(app, graceful_s=1) as running:
+        yield Served(api_base=f"{running.url}/v1", app=app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,10 +17,11 @@ pytest.importorskip("fastapi", reason="the server extra is not installed: pip in
 pytest.importorskip("uvicorn", reason="the server extra is not installed: pip install 'ensemblehub[server]'")
 pytest.importorskip("openai", reason="the api extra is not installed: pip install 'ensemblehub[api]'")
 
-from benchmarks.openai_stub import Faults, Served, create_app, fixed_text, free_socket, serve_in_thread
+from benchmarks.openai_stub import Faults, Served, create_app, fixed_text, serve_in_thread
 from ensemblehub_core.scorers.base import ScoreRequest
 from ensemblehub_core.scorers.function import FunctionScorer
 from ensemblehub_core.types import Candidate
+from ensemblehub_integrations.server.threaded import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWER = "Paris is the capital of France.\n\nIt lies on the Seine."
@@ -49,9 +50,7 @@ class KillableServer:
     """A stub server in its own process, so a test can kill it while a request is in flight."""
 
     def __init__(self, delay_s: float) -> None:
-        sock = free_socket()
-        self.port = sock.getsockname()[1]
-        sock.close()
+        self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.openai_stub", "--port", str(self.port), "--delay", str(delay_s)],

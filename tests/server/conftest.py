@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -70,29 +68,13 @@ class Served:
 @contextlib.contextmanager
 def running(app: Any, *, wait_ready: bool = True) -> Iterator[Served]:
     """Run ``app`` with uvicorn on a free port of 127.0.0.1 until the block ends."""
-    import uvicorn
+    from ensemblehub_integrations.server.threaded import serve_in_thread
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    served = Served(f"http://127.0.0.1:{port}", app)
-    if wait_ready:
-        wait_until_ready(served.url)
-    try:
+    with serve_in_thread(app, graceful_s=2) as running:
+        served = Served(running.url, app)
+        if wait_ready:
+            wait_until_ready(served.url)
         yield served
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 def wait_until_ready(url: str, timeout: float = 120) -> None:
