@@ -161,7 +161,7 @@ class PrefixCache:
     def run(self, suffix: list[int]) -> torch.Tensor:
         """Logits at every position of ``suffix`` run after the cached ids; the cache is left as it was."""
         input_ids = torch.tensor([suffix], dtype=torch.long, device=self.model.device)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True)
+        out = self.model(input_ids=input_ids, **cache_kwargs(self.model, self.cache), use_cache=True)
         self.forwarded += len(suffix)
         if not rollback(self.cache, len(suffix)):
             self.cache, self.ids, self.logits = None, [], None

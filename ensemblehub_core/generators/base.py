@@ -80,8 +80,8 @@ class Generator(ABC):
     supports_incremental: ClassVar[bool] = False
     #: Can return the full next-token distribution (token-level strategies).
     supports_distributions: ClassVar[bool] = False
-    #: Can return top-k log-probabilities of generated tokens.
-    supports_top_logprobs: ClassVar[bool] = False
+    #: Can return top-k log-probabilities of generated tokens (a backend may decide per instance).
+    supports_top_logprobs: bool = False
     #: Runs on this machine's compute; such members of one round are run one at a time per device
     #: (running them together only makes them fight for the same cores).
     local_compute: ClassVar[bool] = False

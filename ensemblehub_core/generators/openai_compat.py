@@ -118,6 +118,7 @@ class OpenAICompatGenerator(Generator):
         self.api_base = api_base.rstrip("/")
         self._key = api_key or Secret(None)
         self.mode = mode
+        self.supports_top_logprobs = mode == "completions"  # the completions endpoint's ``logprobs``
         self.prefix_mode = prefix_mode
         self.prompt_format = prompt_format if prompt_format and prompt_format != "chat" else "{input}"
         self.timeout_s = timeout_s
@@ -129,8 +130,6 @@ class OpenAICompatGenerator(Generator):
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = (
             weakref.WeakKeyDictionary()
         )
-
-    supports_top_logprobs = True
 
     def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
         """Top-k next-token view through the completions endpoint's ``logprobs`` (completions mode only).

@@ -27,6 +27,7 @@ def real_server() -> Iterator[Served]:
         "defaults": {"max_tokens": 16},
         "ensembles": {
             "smollm2-135m": {"members": [SMOL], "strategy": "single"},
+            "smollm2-fp32": {"members": [{**SMOL, "dtype": "float32"}], "strategy": "single"},
             "tiny": {"members": [TINY], "strategy": "single"},
             "pair": {"members": [SMOL, TINY], "scorer": {"type": "likelihood", "member": "smol"},
                      "strategy": {"name": "segment", "segment_tokens": 4}},
@@ -42,24 +43,31 @@ def real_server() -> Iterator[Served]:
 
 
 def test_concurrent_requests_share_batched_forward_passes(real_server: Served) -> None:
-    async def main() -> list[Any]:
+    # float32, so a row decoded in a padded batch must match the same request decoded alone exactly.
+    qs = ["What is the capital of France?", "Tell me, what is the capital city of France?",
+          "What is the capital of Italy? Answer in one word."]
+
+    async def ask(c: Any, q: str) -> Any:
+        return await c.chat.completions.create(
+            model="smollm2-fp32", messages=[{"role": "user", "content": q}], max_tokens=10)
+
+    async def main() -> tuple[list[Any], list[Any]]:
         c = openai.AsyncOpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
         try:
-            qs = ["What is the capital of France?", "What is the capital of Italy?",
-                  "What is the capital of Spain?"]
-            return list(await asyncio.gather(*(c.chat.completions.create(
-                model="smollm2-135m", messages=[{"role": "user", "content": q}], max_tokens=10) for q in qs)))
+            together = list(await asyncio.gather(*(ask(c, q) for q in qs)))
+            alone = [await ask(c, q) for q in qs]
+            return together, alone
         finally:
             await c.close()
 
-    runner = real_server.state.runners["smollm2-135m"]
+    runner = real_server.state.runners["smollm2-fp32"]
     assert isinstance(runner, BatchingRunner)
     before = len(runner.batches)
-    rs = asyncio.run(main())
-    assert "Paris" in rs[0].choices[0].message.content
-    assert "Rome" in rs[1].choices[0].message.content
-    assert all(r.usage.completion_tokens > 0 for r in rs)
-    assert max(runner.batches[before:]) > 1, runner.batches  # they were decoded together
+    together, alone = asyncio.run(main())
+    assert max(runner.batches[before:]) > 1, runner.batches  # the concurrent ones were decoded together
+    assert "Paris" in together[0].choices[0].message.content
+    assert [r.choices[0].message.content for r in together] == [r.choices[0].message.content for r in alone]
+    assert all(r.usage.completion_tokens > 0 for r in together)
 
 
 def test_segment_ensemble_streams_round_by_round(real_server: Served) -> None:
