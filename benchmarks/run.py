@@ -138,7 +138,7 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
 
 
 # -- quality ------------------------------------------------------------------------------------------------
-OTHER_STRATEGIES = ("vote-trio", "best-of-duo", "rank-duo", "fuse-duo", "gac-duo", "gac-trio", "unite-duo")
+OTHER_STRATEGIES = ("gac-duo", "vote-trio", "unite-duo", "best-of-duo", "fuse-duo", "rank-duo", "gac-trio")
 
 
 def quality(

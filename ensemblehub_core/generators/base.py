@@ -82,6 +82,8 @@ class Generator(ABC):
     supports_distributions: ClassVar[bool] = False
     #: Can return top-k log-probabilities of generated tokens (a backend may decide per instance).
     supports_top_logprobs: bool = False
+    #: Added to token-level capability errors: how this member could serve there (empty: it cannot).
+    token_level_hint: str = ""
     #: Runs on this machine's compute; such members of one round are run one at a time per device
     #: (running them together only makes them fight for the same cores).
     local_compute: ClassVar[bool] = False

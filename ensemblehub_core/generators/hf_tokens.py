@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ensemblehub_core.generators.hf import HFGenerator
     from ensemblehub_core.tools import ToolSpec
 
-__all__ = ["HFTokenSession", "TailEncoder", "split_utf8", "vocab_of"]
+__all__ = ["HFTokenSession", "RetokenizedSession", "TailEncoder", "split_utf8", "vocab_of"]
 
 
 def split_utf8(data: bytes) -> tuple[str, bytes]:
@@ -122,7 +122,52 @@ def vocab_of(gen: HFGenerator) -> MemberVocab:
     return member_vocab(gen.tokenizer, sorted(gen.eos_ids), width)
 
 
-class HFTokenSession(TokenSession):
+class RetokenizedSession(TokenSession):
+    """A token session that keeps its member's own tokenization of the answer in step with the ensemble's text.
+
+    Subclasses set ``_vocab``, ``_encoder``, ``prompt``, ``answer``, ``ends``, ``text`` and ``synced`` and get
+    `append` and `retokenize`; `changed` is their hook for dropping what they derived from the old state.
+    """
+
+    _vocab: MemberVocab
+    _encoder: TailEncoder
+    prompt: list[int]
+    answer: list[int]
+    ends: list[int]
+    text: bytes
+    synced: bool
+
+    def vocab(self) -> MemberVocab:
+        return self._vocab
+
+    def append(self, piece: bytes, own_id: int | None = None) -> None:
+        own = self.synced and own_id is not None and self._vocab.piece(own_id) == piece
+        self.text += piece
+        if own:
+            assert own_id is not None
+            self.answer.append(own_id)
+            self.ends.append(len(self.text))
+        else:
+            self.synced = False
+        self.changed(own)
+
+    def changed(self, own: bool) -> None:
+        """Called after every `append` (``own``: the member's own token was appended as it is)."""
+
+    def retokenize(self) -> int | None:
+        """Bring ``answer`` up to ``text`` after foreign text; returns how many answer tokens stayed (None when
+        nothing had to change)."""
+        if self.synced:
+            return None
+        keep, new, new_ends = self._encoder.resync(self.answer, self.ends, self.text)
+        del self.answer[keep:], self.ends[keep:]
+        self.answer += new
+        self.ends += new_ends
+        self.synced = True
+        return keep
+
+
+class HFTokenSession(RetokenizedSession):
     """Token-level session on a local transformers member (see module docstring).
 
     Args:
@@ -153,18 +198,8 @@ class HFTokenSession(TokenSession):
         self._piece_ids: dict[bytes, int | None] = {}
         self.forward_s = 0.0  # seconds spent in the model's forward passes
 
-    def vocab(self) -> MemberVocab:
-        return self._vocab
-
-    def append(self, piece: bytes, own_id: int | None = None) -> None:
-        if self.synced and own_id is not None and self._vocab.piece(own_id) == piece:
-            self.answer.append(own_id)
-            self.text += piece
-            self.ends.append(len(self.text))
-            self.counts["own_tokens"] += 1
-        else:
-            self.text += piece
-            self.synced = False
+    def changed(self, own: bool) -> None:
+        self.counts["own_tokens"] += int(own)
         self.logits = None
 
     def next_logits(self) -> torch.Tensor:
@@ -192,13 +227,9 @@ class HFTokenSession(TokenSession):
 
     def _sync(self) -> None:
         """Re-tokenize the tail after foreign text and drop the cache entries of tokens that changed."""
-        if self.synced:
+        keep = self.retokenize()
+        if keep is None:
             return
-        keep, new, new_ends = self._encoder.resync(self.answer, self.ends, self.text)
-        del self.answer[keep:], self.ends[keep:]
-        self.answer += new
-        self.ends += new_ends
-        self.synced = True
         self.counts["retokenized"] += 1
         valid = len(self.prompt) + keep
         if self.kv.cached > valid:

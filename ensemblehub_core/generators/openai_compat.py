@@ -119,6 +119,11 @@ class OpenAICompatGenerator(Generator):
         self._key = api_key or Secret(None)
         self.mode = mode
         self.supports_top_logprobs = mode == "completions"  # the completions endpoint's ``logprobs``
+        if mode == "chat":
+            self.token_level_hint = (
+                " (with options.mode: completions and a prompt_format it gives the server's top-k logprobs "
+                "to 'unite')"
+            )
         self.prefix_mode = prefix_mode
         self.prompt_format = prompt_format if prompt_format and prompt_format != "chat" else "{input}"
         self.timeout_s = timeout_s

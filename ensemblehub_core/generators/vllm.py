@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError, ModelLoadError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
+from ensemblehub_core.generators.hf_tokens import RetokenizedSession, TailEncoder
 from ensemblehub_core.generators.prompting import TokenizerPrompt
-from ensemblehub_core.generators.tokens import Piece, TokenSession
+from ensemblehub_core.generators.tokens import Piece
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
     from ensemblehub_core.hub import BuildContext
-    from ensemblehub_core.strategies.vocab import MemberVocab
 
 __all__ = ["VLLMEngine", "VLLMGenerator", "VLLMTokenSession", "engine_for"]
 
@@ -208,7 +208,7 @@ class VLLMGenerator(TokenizerPrompt, Generator):
         )
 
 
-class VLLMTokenSession(TokenSession):
+class VLLMTokenSession(RetokenizedSession):
     """Top-k next-token view of one answer on a vLLM member (for `unite` and logit judges).
 
     The answer's tokenization is kept as the HF token sessions keep it (`TailEncoder`); each step sends prompt
@@ -218,12 +218,11 @@ class VLLMTokenSession(TokenSession):
     full_distribution = False
 
     def __init__(self, gen: VLLMGenerator, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> None:
-        from ensemblehub_core.generators.hf_tokens import TailEncoder
         from ensemblehub_core.strategies.vocab import member_vocab
 
         self.gen = gen
         self.member = gen.name
-        self._vocab: MemberVocab = member_vocab(gen.tokenizer, sorted(gen.engine.eos_ids))
+        self._vocab = member_vocab(gen.tokenizer, sorted(gen.engine.eos_ids))
         self._encoder = TailEncoder(gen.tokenizer, self._vocab)
         self.prompt = gen.encode_prompt(messages, tools)
         self.prompt_tokens = len(self.prompt)
@@ -234,17 +233,7 @@ class VLLMTokenSession(TokenSession):
         self._top: list[tuple[Piece, float]] | None = None
         self.calls = 0
 
-    def vocab(self) -> MemberVocab:
-        return self._vocab
-
-    def append(self, piece: bytes, own_id: int | None = None) -> None:
-        if self.synced and own_id is not None and self._vocab.piece(own_id) == piece:
-            self.answer.append(own_id)
-            self.text += piece
-            self.ends.append(len(self.text))
-        else:
-            self.text += piece
-            self.synced = False
+    def changed(self, own: bool) -> None:
         self._top = None
 
     def top_logprobs(self, k: int) -> list[tuple[Piece, float]]:
@@ -253,10 +242,7 @@ class VLLMTokenSession(TokenSession):
         return self._top[:k]
 
     def _ask(self, k: int) -> list[tuple[Piece, float]]:
-        if not self.synced:
-            keep, new, new_ends = self._encoder.resync(self.answer, self.ends, self.text)
-            self.answer[keep:], self.ends[keep:] = new, new_ends
-            self.synced = True
+        self.retokenize()
         k = min(k, self.gen.engine.max_logprobs)
         params = self.gen.sampling_params(SegmentRequest(max_new_tokens=1), 1, logprobs=k)
         start = time.perf_counter()

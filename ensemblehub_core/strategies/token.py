@@ -185,9 +185,10 @@ class _TokenStrategy(Strategy):
             if self.needs_full and not full:
                 topk = gen.supports_top_logprobs
                 hint = " (it returns top-k log-probabilities only: strategy 'unite' can use it)" if topk else ""
+                hint = hint or gen.token_level_hint
                 raise CapabilityError(text_only_message(name, type(gen).__name__, self.name) + hint)
             if not full and not gen.supports_top_logprobs:
-                raise CapabilityError(text_only_message(name, type(gen).__name__, self.name))
+                raise CapabilityError(text_only_message(name, type(gen).__name__, self.name) + gen.token_level_hint)
         unknown = sorted(set(self.params.weights) - set(members))
         if unknown:
             raise ConfigError(
