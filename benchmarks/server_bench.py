@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from typing import Any
 
 import httpx2
 import psutil
+
+from ensemblehub_integrations.server.threaded import free_port, stop_process, wait_until_up
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "smollm2-135m"
@@ -59,17 +60,11 @@ def _config(path: Path, *, max_pending: int, dtype: str) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     """``ensemblehub serve`` in a child process, waited for until ``/status`` says ready."""
 
     def __init__(self, config: Path, log: Path, threads: int | None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("ensemblehub")
         cmd = [str(exe), "serve", "--config", str(config), "--port", str(self.port)]
@@ -80,27 +75,17 @@ class ServerProcess:
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the server did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            try:
-                if httpx2.get(f"{self.url}/status", timeout=2).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            time.sleep(0.5)
+        try:
+            wait_until_up(f"{self.url}/status", process=self.proc, timeout_s=600, interval_s=0.5)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"the server did not start: {exc}\n{log.read_text(errors='replace')[-3000:]}") from exc
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, timeout_s=30)
 
 
 async def _client(url: str, jobs: asyncio.Queue[int], max_tokens: int, out: list[dict[str, Any]]) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["ThreadedServer", "free_port", "free_socket", "serve_in_thread"]
+__all__ = ["ThreadedServer", "free_port", "free_socket", "serve_in_thread", "stop_process", "wait_until_up"]
 
 
 def free_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -32,6 +32,46 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port of ``host`` that was free a moment ago, for a server started in another process."""
     with free_socket(host) as sock:
         return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, *, process: Any = None, timeout_s: float = 300.0, interval_s: float = 1.0) -> None:
+    """Poll ``url`` until it answers 200, for a server started in another process.
+
+    Args:
+        url: A health or status URL.
+        process: The server's ``subprocess.Popen``; its exit ends the wait at once.
+        timeout_s: How long to wait.
+        interval_s: Pause between polls.
+
+    Raises:
+        RuntimeError: the process exited, or the server did not answer in time (callers add their logs).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout_s:g} s")
+        time.sleep(interval_s)
+
+
+def stop_process(process: Any, timeout_s: float = 20.0) -> None:
+    """Terminate a server process, killing it if it has not exited after ``timeout_s``."""
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass(frozen=True)

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ensemblehub_integrations.server.threaded import free_port, stop_process, wait_until_up
+
 ROOT = Path(__file__).resolve().parents[2]
 PROXY_CONFIG = ROOT / "examples" / "litellm_proxy" / "config.yaml"
 STARTUP_S = 300  # importing the proxy alone takes tens of seconds on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 KEY = f"sk-{secrets.token_hex(16)}"
@@ -30,7 +24,7 @@ KEY = f"sk-{secrets.token_hex(16)}"
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("proxy") / "proxy.log"
     env = {
         **os.environ,
@@ -49,25 +43,13 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the proxy exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health/liveliness", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the proxy did not start within {STARTUP_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+        try:
+            wait_until_up(f"{base}/health/liveliness", process=proc, timeout_s=STARTUP_S)
+        except RuntimeError as exc:
+            pytest.fail(f"the proxy did not start: {exc}\n{log.read_text()[-3000:]}")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.mark.slow

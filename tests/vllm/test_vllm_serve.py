@@ -4,19 +4,17 @@ fed by the server's top-k logprobs, next to a local transformers member of the s
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from ensemblehub_core.config import parse_config
 from ensemblehub_core.exceptions import CapabilityError
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.models.loader import ModelSpec, model_folder
+from ensemblehub_integrations.server.threaded import free_port, stop_process, wait_until_up
 
 pytest.importorskip("vllm")
 
@@ -26,42 +24,26 @@ FEW_SHOT = (
 QUESTION = "What is the capital of France?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def api_base() -> Iterator[str]:
+def api_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = model_folder(ModelSpec(source="embedded:smollm2-135m-instruct"))
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", folder,
            "--served-model-name", "smol", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
            "--enforce-eager", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(256 << 20),
            "--max-logprobs", "20"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    log = tmp_path_factory.mktemp("vllm") / "serve.log"
+    with log.open("wb") as out:  # a file, not a pipe: vLLM logs a lot and would block on a full pipe
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail("vllm serve did not become healthy in 300 s")
+        try:
+            wait_until_up(f"{base}/health", process=proc, timeout_s=300, interval_s=2)
+        except RuntimeError as exc:
+            pytest.fail(f"vllm serve did not start: {exc}\n{log.read_text(errors='replace')[-3000:]}")
         yield f"{base}/v1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout_s=30)
 
 
 @pytest.fixture(scope="module")
