@@ -129,6 +129,7 @@ class RetokenizedSession(TokenSession):
     `append` and `retokenize`; `changed` is their hook for dropping what they derived from the old state.
     """
 
+    gen: Any  # the member: a generator with ``context_length``
     _vocab: MemberVocab
     _encoder: TailEncoder
     prompt: list[int]
@@ -153,6 +154,9 @@ class RetokenizedSession(TokenSession):
 
     def changed(self, own: bool) -> None:
         """Called after every `append` (``own``: the member's own token was appended as it is)."""
+
+    def room(self) -> int:
+        return int(self.gen.context_length) - len(self.prompt) - len(self.answer)
 
     def retokenize(self) -> int | None:
         """Bring ``answer`` up to ``text`` after foreign text; returns how many answer tokens stayed (None when
@@ -255,9 +259,6 @@ class HFTokenSession(RetokenizedSession):
                 found = ids[0] if ids else None
             self._piece_ids[piece] = found
         return self._piece_ids[piece]
-
-    def room(self) -> int:
-        return self.gen.loaded.context_length - len(self.prompt) - len(self.answer)
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from ensemblehub_core.strategies.vocab import MemberVocab
 
-__all__ = ["Piece", "TokenSession", "piece_probabilities", "text_only_message"]
+__all__ = ["Piece", "TokenSession", "piece_probabilities", "ranked_pieces", "text_only_message"]
 
 #: A token as the bytes it stands for; ``None`` is end-of-sequence.
 Piece = bytes | None
@@ -95,6 +95,22 @@ class TokenSession(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the KV cache."""
+
+
+def ranked_pieces(ranked: Iterable[tuple[int, float]], vocab: MemberVocab, k: int) -> list[tuple[Piece, float]]:
+    """The first ``k`` distinct pieces of (token id, log-probability) pairs given best first.
+
+    End-of-sequence ids become ``None``; control tokens (no piece) are skipped; a piece two ids spell is kept once.
+    """
+    out: list[tuple[Piece, float]] = []
+    for token_id, logprob in ranked:
+        eos = token_id in vocab.eos_ids
+        piece = None if eos else vocab.piece(token_id)
+        if (piece is not None or eos) and all(piece != p for p, _ in out):
+            out.append((piece, float(logprob)))
+            if len(out) == k:
+                break
+    return out
 
 
 def piece_probabilities(session: TokenSession, groups: Sequence[Iterable[bytes]]) -> list[float]:

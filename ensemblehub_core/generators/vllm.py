@@ -27,7 +27,7 @@ from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError,
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.hf_tokens import RetokenizedSession, TailEncoder
 from ensemblehub_core.generators.prompting import TokenizerPrompt
-from ensemblehub_core.generators.tokens import Piece
+from ensemblehub_core.generators.tokens import Piece, ranked_pieces
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message
 
@@ -67,8 +67,9 @@ class VLLMEngine:
         from ensemblehub_core.models.loader import collect_eos_token_ids
 
         self.folder = folder
+        settings = {**_DEFAULTS, **options}
         try:
-            self.llm = LLM(model=folder, dtype=dtype, **{**_DEFAULTS, **options})
+            self.llm = LLM(model=folder, dtype=dtype, **settings)
         except Exception as exc:  # vLLM raises anything from ValueError to RuntimeError on a bad start
             raise ModelLoadError(f"vLLM could not load {folder}: {type(exc).__name__}: {exc}") from exc
         self.tokenizer = self.llm.get_tokenizer()
@@ -77,8 +78,6 @@ class VLLMEngine:
         self.lock = threading.Lock()
         #: Prompt tokens sent, and how many of them the engine found in its prefix cache.
         self.counts = {"prompt_tokens": 0, "cached_tokens": 0}
-        settings = {**_DEFAULTS, **options}
-        self.prefix_caching = bool(settings["enable_prefix_caching"])
         self.max_logprobs = int(settings["max_logprobs"])
 
     def generate(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
@@ -252,16 +251,8 @@ class VLLMTokenSession(RetokenizedSession):
             raise GeneratorError(self.member, f"{type(exc).__name__}: {exc}") from exc
         self.forward_s += time.perf_counter() - start
         self.calls += 1
-        ranked = sorted(out.logprobs[0].items(), key=lambda kv: kv[1].logprob, reverse=True)
-        top: list[tuple[Piece, float]] = []
-        for token_id, lp in ranked:
-            piece = None if token_id in self.gen.engine.eos_ids else self._vocab.piece(token_id)
-            if (piece is not None or token_id in self.gen.engine.eos_ids) and all(piece != p for p, _ in top):
-                top.append((piece, float(lp.logprob)))
-        return top
-
-    def room(self) -> int:
-        return self.gen.context_length - len(self.prompt) - len(self.answer)
+        ranked = sorted(((i, lp.logprob) for i, lp in out.logprobs[0].items()), key=lambda x: x[1], reverse=True)
+        return ranked_pieces(ranked, self._vocab, k)
 
     def stats(self) -> dict[str, Any]:
         return {"engine_calls": self.calls, "answer_tokens": len(self.answer)}

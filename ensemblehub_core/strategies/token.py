@@ -35,7 +35,7 @@ from pydantic import Field
 from ensemblehub_core._torch import pick_token, seeded_generator
 from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.base import Generator
-from ensemblehub_core.generators.tokens import Piece, TokenSession, text_only_message
+from ensemblehub_core.generators.tokens import Piece, TokenSession, ranked_pieces, text_only_message
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams
 from ensemblehub_core.strategies.vocab import UnionVocab, union_vocab
@@ -401,16 +401,8 @@ class UniTEStrategy(_TokenStrategy):
     def _top(session: TokenSession, logits: torch.Tensor | None, k: int) -> list[tuple[Piece, float]]:
         if logits is None:
             return session.top_logprobs(k)
-        vocab = session.vocab()
         values, ids = torch.topk(logits, min(k + 8, logits.shape[0]))  # spare slots for control tokens
-        out: list[tuple[Piece, float]] = []
-        for v, i in zip(values.tolist(), ids.tolist(), strict=True):
-            piece = None if i in vocab.eos_ids else vocab.piece(i)
-            if (piece is not None or i in vocab.eos_ids) and all(piece != p for p, _ in out):
-                out.append((piece, v))
-            if len(out) == k:
-                break
-        return out
+        return ranked_pieces(zip(ids.tolist(), values.tolist(), strict=True), session.vocab(), k)
 
     @staticmethod
     def _union_logits(
