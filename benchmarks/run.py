@@ -138,7 +138,7 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
 
 
 # -- quality ------------------------------------------------------------------------------------------------
-OTHER_STRATEGIES = ("gac-duo", "vote-trio", "unite-duo", "best-of-duo", "fuse-duo", "rank-duo", "gac-trio")
+OTHER_STRATEGIES = ("gac-duo", "vote-trio", "unite-duo", "best-of-duo", "vote-qwen-x5", "fuse-duo", "rank-duo", "gac-trio")
 
 
 def quality(
@@ -218,9 +218,14 @@ def main() -> None:
         save("growth", growth(hub, (32, 64, 128) if args.quick else (64, 256, 512)))
     if "quality" in sections:
         done = existing.get("quality", {}) if args.resume else {}
-        save("quality", quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
-                                strategies=args.strategies, done=done, save=lambda q: save("quality", q),
-                                only=args.systems))
+        # Systems left out by --systems keep their saved figures: a partial run adds to the table.
+        kept = existing.get("quality", {}) if args.systems else {}
+
+        def save_quality(q: dict[str, Any]) -> None:
+            save("quality", {**kept, **q})
+
+        save_quality(quality(hub, 5 if args.quick else args.mmlu, 5 if args.quick else args.arith,
+                             strategies=args.strategies, done=done, save=save_quality, only=args.systems))
     print(f"\nwrote {path}")
 
 

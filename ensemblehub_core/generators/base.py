@@ -12,14 +12,14 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
 
-__all__ = ["Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
+__all__ = ["Batcher", "Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
 
 
 @dataclass(kw_only=True)
@@ -41,6 +41,18 @@ class SegmentRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+
+class Batcher(Protocol):
+    """Decodes concurrent `complete` calls of one member together, admitting new ones between decode steps."""
+
+    async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
+        """Like `Generator.complete`, sharing forward passes with the other calls in flight."""
+        ...
+
+    def close(self) -> None:
+        """Stop background work; calls still in flight fail."""
+        ...
 
 
 class GeneratorSession(ABC):
@@ -104,6 +116,14 @@ class Generator(ABC):
     ) -> list[Candidate]:
         """Continue several independent prompts; backends that can batch override this."""
         return list(await asyncio.gather(*(self.complete(m, p, request) for m, p in prompts)))
+
+    def continuous_batcher(self, max_batch: int) -> Batcher | None:
+        """A batcher that lets concurrent requests join and leave one running batch, or None (the default).
+
+        Backends that can merge requests between decode steps override this (a server uses it for members
+        answering alone).
+        """
+        return None
 
     def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
         """Start building one answer.

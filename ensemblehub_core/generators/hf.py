@@ -22,6 +22,7 @@ from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.generators.hf_batch import StepBatcher
     from ensemblehub_core.generators.hf_tokens import HFTokenSession
     from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
@@ -63,6 +64,7 @@ class HFGenerator(TokenizerPrompt, Generator):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.eos_ids = set(loaded.eos_token_ids)
+        self._batcher: StepBatcher | None = None
         self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
                           prompt_format, system_prompt)
 
@@ -93,6 +95,15 @@ class HFGenerator(TokenizerPrompt, Generator):
         tools = active_tools()
         ids = [self.encode_prompt(m, tools) + self.encode(p) for m, p in prompts]
         return await asyncio.to_thread(self._batch_decode, ids, request)
+
+    def continuous_batcher(self, max_batch: int) -> StepBatcher | None:
+        """One `StepBatcher` per member (created on first use), or None when this model's cache rows cannot be
+        merged (sliding-window layers)."""
+        from ensemblehub_core.generators.hf_batch import StepBatcher, mergeable
+
+        if self._batcher is None and mergeable(self.model):
+            self._batcher = StepBatcher(self, max_batch=max_batch)
+        return self._batcher
 
     def _batch_decode(self, prompts: list[list[int]], request: SegmentRequest) -> list[Candidate]:
         """Decode several prompts in shared forward passes (left padding)."""
@@ -140,7 +151,7 @@ class HFGenerator(TokenizerPrompt, Generator):
             Candidate(
                 member=self.name,
                 text=texts[i],
-                token_count=len(new[i]),
+                token_count=len(new[i]) + (1 if finish[i] == "eos" else 0),
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish[i],  # type: ignore[arg-type]
                 elapsed_s=elapsed,

@@ -5,9 +5,12 @@
 - `DirectRunner` runs an ensemble's own strategy, at most ``max_concurrency`` requests at a time; the others
   wait in line. Local members of concurrent requests take turns on the device (a lock inside the engine),
   remote members overlap.
-- `BatchingRunner` serves ensembles whose strategy is ``single`` on a member that can decode several prompts
-  in shared forward passes (its backend overrides ``Generator.complete_many``): requests that arrive together
-  and ask for the same generation settings are decoded as one batch.
+- `ContinuousRunner` serves ensembles whose strategy is ``single`` on a member with a continuous batcher
+  (`Generator.continuous_batcher`, e.g. transformers models with full-attention caches): a request joins the
+  running batch at the next decode step, whatever its settings, and leaves it as soon as it is finished.
+- `BatchingRunner` serves other ``single`` ensembles on a member that can decode several prompts in shared
+  forward passes (its backend overrides ``Generator.complete_many``): requests that arrive together and ask for
+  the same generation settings are decoded as one batch, start to finish.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from typing import Any
 
 from ensemblehub_core.engine import Ensemble, EnsembleChunk
 from ensemblehub_core.exceptions import EnsembleHubError, GeneratorError, InputError
-from ensemblehub_core.generators.base import Generator, SegmentRequest
+from ensemblehub_core.generators.base import Batcher, Generator, SegmentRequest
 from ensemblehub_core.types import Candidate, EnsembleResult, GenerationParams, Message, RoundTrace, Usage
 from ensemblehub_integrations.server.errors import APIError
 
-__all__ = ["Admission", "BatchingRunner", "DirectRunner", "Lease", "Runner", "batch_member", "make_runner"]
+__all__ = [
+    "Admission", "BatchingRunner", "ContinuousRunner", "DirectRunner", "Lease", "Runner", "batch_member",
+    "make_runner",
+]
 
 log = logging.getLogger("ensemblehub.server")
 
@@ -93,13 +99,64 @@ class DirectRunner(Runner):
 
     async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
         async with self._slots:
-            agen = self.ensemble.astream(messages, **params)
-            try:
-                async for chunk in agen:
-                    yield chunk
-            finally:
-                # Closing the engine's stream ends the run at its next round, also when the client went away.
-                await agen.aclose()  # type: ignore[attr-defined]
+            async for chunk in _engine_stream(self.ensemble, messages, params):
+                yield chunk
+
+
+async def _engine_stream(
+    ensemble: Ensemble, messages: list[Message], params: dict[str, Any]
+) -> AsyncIterator[EnsembleChunk]:
+    """The engine's own run of one request."""
+    agen = ensemble.astream(messages, **params)
+    try:
+        async for chunk in agen:
+            yield chunk
+    finally:
+        # Closing the engine's stream ends the run at its next round, also when the client went away.
+        await agen.aclose()  # type: ignore[attr-defined]
+
+
+def _alone(params: dict[str, Any], p: GenerationParams) -> bool:
+    """Requests that do not join a batch: tools change the prompt and need the engine's call parsing, and
+    seeded sampling keeps giving the same answer only when the rows around it cannot change its numbers."""
+    return bool(params.get("tools")) or (p.temperature > 0 and p.seed is not None)
+
+
+class ContinuousRunner(Runner):
+    """A ``single`` ensemble whose member admits requests into its running batch between decode steps."""
+
+    batched = True
+
+    def __init__(self, ensemble: Ensemble, member: Generator, batcher: Batcher) -> None:
+        super().__init__(ensemble)
+        self.member = member
+        self.batcher = batcher
+
+    @property
+    def batches(self) -> list[int]:
+        """For each recent finished request, the largest batch it was decoded in (for stats and tests)."""
+        return list(getattr(self.batcher, "peaks", ()))
+
+    async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
+        p = _generation_params(self.ensemble, params)
+        if _alone(params, p):
+            async for chunk in _engine_stream(self.ensemble, messages, params):
+                yield chunk
+            return
+        request = SegmentRequest(max_new_tokens=p.max_tokens, stop=p.stop, temperature=p.temperature,
+                                 top_p=p.top_p, seed=p.seed)
+        timeout = self.ensemble.policy.timeout_s
+        call = self.batcher.complete(messages, "", request)
+        try:
+            cand = await (call if timeout is None else asyncio.wait_for(call, timeout))
+        except TimeoutError as exc:
+            raise GeneratorError(self.member.name, f"timed out after {timeout:g} s") from exc
+        result = _single_result(self.ensemble, cand, cand.elapsed_s)
+        yield EnsembleChunk(text=result.text, round=result.trace[0])
+        yield EnsembleChunk(text="", result=result)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.batcher.close)
 
 
 @dataclass(kw_only=True)
@@ -146,12 +203,8 @@ class BatchingRunner(Runner):
     async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
         if params.get("tools"):
             # Tools change each member's prompt and need the engine's call parsing: no batching for them.
-            agen = self.ensemble.astream(messages, **params)
-            try:
-                async for chunk in agen:
-                    yield chunk
-            finally:
-                await agen.aclose()  # type: ignore[attr-defined]
+            async for chunk in _engine_stream(self.ensemble, messages, params):
+                yield chunk
             return
         result = await self.submit(messages, params)
         yield EnsembleChunk(text=result.text, round=result.trace[0] if result.trace else None)
@@ -260,20 +313,23 @@ class BatchingRunner(Runner):
             raise GeneratorError(self.member.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _result(self, cand: Candidate, elapsed: float, batch_size: int) -> EnsembleResult:
-        name = self.member.name
-        trace = RoundTrace(
-            index=0, candidates=[cand], scores=[None], winner=name, winner_index=0, accepted_text=cand.text,
-            accepted_tokens=cand.token_count, generate_s=elapsed,
-            note=f"decoded in a batch of {batch_size}" if batch_size > 1 else "",
-        )
-        return EnsembleResult(
-            text=cand.text,
-            finish_reason="stop" if cand.finish_reason in ("eos", "stop") else "length",
-            usage=Usage(prompt_tokens=cand.prompt_tokens, completion_tokens=cand.token_count,
-                        member_tokens={name: cand.token_count}),
-            trace=[trace], ensemble=self.ensemble.name, strategy=self.ensemble.strategy.name,
-            elapsed_s=elapsed,
-        )
+        return _single_result(self.ensemble, cand, elapsed,
+                              note=f"decoded in a batch of {batch_size}" if batch_size > 1 else "")
+
+
+def _single_result(ensemble: Ensemble, cand: Candidate, elapsed: float, note: str = "") -> EnsembleResult:
+    """The result (one round, one candidate) of a ``single`` ensemble's answer decoded outside the engine."""
+    trace = RoundTrace(
+        index=0, candidates=[cand], scores=[None], winner=cand.member, winner_index=0, accepted_text=cand.text,
+        accepted_tokens=cand.token_count, generate_s=elapsed, note=note,
+    )
+    return EnsembleResult(
+        text=cand.text,
+        finish_reason="stop" if cand.finish_reason in ("eos", "stop") else "length",
+        usage=Usage(prompt_tokens=cand.prompt_tokens, completion_tokens=cand.token_count,
+                    member_tokens={cand.member: cand.token_count}),
+        trace=[trace], ensemble=ensemble.name, strategy=ensemble.strategy.name, elapsed_s=elapsed,
+    )
 
 
 def _generation_params(ensemble: Ensemble, params: dict[str, Any]) -> GenerationParams:
@@ -285,6 +341,11 @@ def make_runner(ensemble: Ensemble, *, max_concurrency: int, max_batch: int, win
     """A batching runner where the ensemble allows it, else a direct one."""
     member = batch_member(ensemble)
     if member is not None and max_batch > 1:
+        batcher = member.continuous_batcher(max_batch)
+        if batcher is not None:
+            log.info("ensemble '%s': requests join member '%s''s running batch between decode steps",
+                     ensemble.name, member.name)
+            return ContinuousRunner(ensemble, member, batcher)
         log.info("ensemble '%s': concurrent requests are batched on member '%s'", ensemble.name, member.name)
         return BatchingRunner(ensemble, member, max_batch=max_batch, window_s=window_s)
     return DirectRunner(ensemble, max_concurrency=max_concurrency)

@@ -10,7 +10,7 @@ import pytest
 
 from ensemblehub_core.config import parse_config
 from ensemblehub_integrations.server import create_app
-from ensemblehub_integrations.server.scheduler import BatchingRunner
+from ensemblehub_integrations.server.scheduler import ContinuousRunner
 from tests.server.conftest import Served, running, wait_until_ready
 
 openai = pytest.importorskip("openai")
@@ -61,7 +61,7 @@ def test_concurrent_requests_share_batched_forward_passes(real_server: Served) -
             await c.close()
 
     runner = real_server.state.runners["smollm2-fp32"]
-    assert isinstance(runner, BatchingRunner)
+    assert isinstance(runner, ContinuousRunner)
     before = len(runner.batches)
     together, alone = asyncio.run(main())
     assert max(runner.batches[before:]) > 1, runner.batches  # the concurrent ones were decoded together
