@@ -198,6 +198,7 @@ class ServerConfig(_Strict):
             docs).
         batch_window_ms: How long the first request of a batch waits for others to join it.
         max_choices: Upper bound on ``n`` times the number of prompts in one request.
+        max_body_mb: Largest request body accepted; a larger one gets a 413.
     """
 
     api_keys: list[str] = Field(default_factory=list)
@@ -207,6 +208,7 @@ class ServerConfig(_Strict):
     max_batch_size: int = Field(default=8, ge=1)
     batch_window_ms: float = Field(default=10.0, ge=0)
     max_choices: int = Field(default=32, ge=1)
+    max_body_mb: float = Field(default=8.0, gt=0)
 
 
 class HubConfig(_Strict):

@@ -32,6 +32,7 @@ from ensemblehub_core.exceptions import EnsembleHubError
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.types import EnsembleResult, Message
 from ensemblehub_integrations.server.errors import APIError, from_engine, install_handlers, unexpected
+from ensemblehub_integrations.server.limits import BodyLimit
 from ensemblehub_integrations.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -375,6 +376,7 @@ def create_app(
                   description="OpenAI-compatible API over configured LLM ensembles.")
     app.state.server = state
     install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
     bearer = HTTPBearer(auto_error=False, description="Required when the server is configured with API keys.")
     keys = [k.encode() for k in state.settings.api_keys]
 

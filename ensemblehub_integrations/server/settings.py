@@ -28,6 +28,7 @@ class ServerSettings:
         max_batch_size: Requests decoded together by a batching ensemble.
         batch_window_s: How long a batch waits for more requests to join.
         max_choices: Upper bound on ``n`` × prompts in one request.
+        max_body_bytes: Largest request body accepted (a larger one gets a 413).
         prime_s: How long a streamed request waits for its first event before the response starts, so that
             an error found at once (a prompt longer than the context) is an HTTP error, not an error event.
     """
@@ -39,6 +40,7 @@ class ServerSettings:
     max_batch_size: int = 8
     batch_window_s: float = 0.01
     max_choices: int = 32
+    max_body_bytes: int = 8 * 2**20
     prime_s: float = 0.05
 
     @classmethod
@@ -65,4 +67,5 @@ class ServerSettings:
             max_batch_size=s.max_batch_size,
             batch_window_s=s.batch_window_ms / 1000,
             max_choices=s.max_choices,
+            max_body_bytes=int(s.max_body_mb * 2**20),
         )

@@ -240,3 +240,19 @@ def test_requests_cannot_load_models_of_their_own(fast_server: Any, http: Any, m
     assert r.json()["model"] == "echo"
     assert set(fast_server.state.runners) <= built | {"echo"}
     assert set(fast_server.state.hub.names()) == set(fast_server.state.hub.config.ensembles)
+
+
+def test_a_body_over_the_limit_is_413_and_the_server_goes_on() -> None:
+    app = create_app(fast_config(max_body_mb=0.01), api_key="")  # about 10 kB
+    big = {"model": "echo", "messages": [{"role": "user", "content": "x" * 20_000}]}
+    with running(app) as served:
+        assert_error(httpx2.post(f"{served.url}/v1/chat/completions", json=big), 413, code="request_too_large")
+
+        def chunked() -> Any:  # no Content-Length: counted as it arrives
+            yield json.dumps(big).encode()
+
+        r = httpx2.post(f"{served.url}/v1/chat/completions", content=chunked(),
+                        headers={"content-type": "application/json"})
+        assert_error(r, 413, code="request_too_large")
+        ok = httpx2.post(f"{served.url}/v1/chat/completions", json={"model": "echo", "messages": Q})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "You said: hi"
