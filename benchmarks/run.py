@@ -138,7 +138,9 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
 
 
 # -- quality ------------------------------------------------------------------------------------------------
-OTHER_STRATEGIES = ("gac-duo", "vote-trio", "unite-duo", "best-of-duo", "vote-qwen-x5", "fuse-duo", "rank-duo", "gac-trio")
+OTHER_STRATEGIES = (
+    "gac-duo", "vote-trio", "unite-duo", "best-of-duo", "vote-qwen-x5", "fuse-duo", "rank-duo", "gac-trio",
+)
 
 
 def quality(

@@ -13,6 +13,7 @@ __all__ = [
     "GenerationParams",
     "Message",
     "RoundTrace",
+    "TokenLogprob",
     "ToolCall",
     "Usage",
 ]
@@ -154,6 +155,21 @@ class RoundTrace:
             ],
             "scorer_scores": self.scorer_scores,
         }
+
+
+@dataclass(kw_only=True, frozen=True)
+class TokenLogprob:
+    """One answer token with its log-probability under the model, and the most likely alternatives there.
+
+    Attributes:
+        token: The token's text.
+        logprob: Its natural-log probability (temperature 1, no truncation).
+        top: The ``k`` most likely tokens at that position, most likely first, as (text, logprob).
+    """
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

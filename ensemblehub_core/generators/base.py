@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from ensemblehub_core.types import Candidate, Message
+from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
@@ -116,6 +116,24 @@ class Generator(ABC):
     ) -> list[Candidate]:
         """Continue several independent prompts; backends that can batch override this."""
         return list(await asyncio.gather(*(self.complete(m, p, request) for m, p in prompts)))
+
+    #: Can score a written answer token by token (`answer_logprobs`).
+    supports_answer_logprobs: ClassVar[bool] = False
+
+    def answer_logprobs(self, messages: Sequence[Message], text: str, top_k: int = 0) -> list[TokenLogprob]:
+        """Each token of ``text``, as the answer to ``messages``, with its log-probability under this model.
+
+        Args:
+            messages: The conversation the answer replies to.
+            text: The answer, re-encoded with this member's tokenizer.
+            top_k: How many of the most likely tokens to list at each position.
+
+        Raises:
+            CapabilityError: this backend cannot score text (``supports_answer_logprobs`` is False).
+        """
+        from ensemblehub_core.exceptions import CapabilityError
+
+        raise CapabilityError(f"member '{self.name}' ({type(self).__name__}) cannot score an answer's tokens")
 
     def continuous_batcher(self, max_batch: int) -> Batcher | None:
         """A batcher that lets concurrent requests join and leave one running batch, or None (the default).

@@ -18,7 +18,7 @@ from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.prompting import TokenizerPrompt
 from ensemblehub_core.tools import ToolSpec, active_tools
-from ensemblehub_core.types import Candidate, Message
+from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
@@ -47,6 +47,7 @@ class HFGenerator(TokenizerPrompt, Generator):
     supports_incremental = True
     supports_distributions = True
     supports_top_logprobs = True
+    supports_answer_logprobs = True
     local_compute = True
 
     def __init__(
@@ -95,6 +96,32 @@ class HFGenerator(TokenizerPrompt, Generator):
         tools = active_tools()
         ids = [self.encode_prompt(m, tools) + self.encode(p) for m, p in prompts]
         return await asyncio.to_thread(self._batch_decode, ids, request)
+
+    def answer_logprobs(self, messages: Sequence[Message], text: str, top_k: int = 0) -> list[TokenLogprob]:
+        """One forward pass over prompt + answer; each answer token's log-probability and the top ``top_k``."""
+        import torch
+
+        from ensemblehub_core._torch import device_lock
+
+        prompt, answer = self.encode_prompt(messages, active_tools()), self.encode(text)
+        if not answer:
+            return []
+        if len(prompt) + len(answer) > self.context_length:
+            raise InputError(f"member '{self.name}': prompt and answer are {len(prompt) + len(answer)} tokens, "
+                             f"longer than its context of {self.context_length}")
+        dev = self.model.device
+        with device_lock(str(dev)), torch.inference_mode():
+            # The logits at the last len(answer) + 1 positions; all but the final one predict an answer token.
+            out = self.model(input_ids=torch.tensor([prompt + answer], device=dev), logits_to_keep=len(answer) + 1)
+            logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
+        chosen = logp[torch.arange(len(answer)), torch.tensor(answer)].tolist()
+        tops = torch.topk(logp, top_k, dim=-1) if top_k else None
+        result = []
+        for i, tok in enumerate(answer):
+            top = ([(self.decode([int(t)]), float(v)) for t, v in zip(tops.indices[i], tops.values[i], strict=True)]
+                   if tops is not None else [])
+            result.append(TokenLogprob(token=self.decode([tok]), logprob=float(chosen[i]), top=top))
+        return result
 
     def continuous_batcher(self, max_batch: int) -> StepBatcher | None:
         """One `StepBatcher` per member (created on first use), or None when this model's cache rows cannot be

@@ -29,6 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ensemblehub_core.config import HubConfig
 from ensemblehub_core.engine import EnsembleChunk
 from ensemblehub_core.exceptions import EnsembleHubError
+from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.types import EnsembleResult, Message
 from ensemblehub_integrations.server.errors import APIError, from_engine, install_handlers, unexpected
@@ -227,12 +228,7 @@ class ServerState:
         lease = self.admission.admit()
         try:
             runner = await self.runner(name)
-            if job.logprobs_requested:
-                raise APIError(
-                    400, f"ensemble '{name}' (strategy '{runner.ensemble.strategy.name}') cannot return "
-                    "logprobs: its answer is assembled from several models' tokens, so no single token "
-                    "distribution exists; leave 'logprobs' out", param="logprobs", code="logprobs_unsupported",
-                )
+            scorer = _logprobs_member(job, runner) if job.logprobs_requested else None
             merged = _Merged([runner.stream(p, params) for p, params in self._runs(job, runner)])
         except BaseException:
             lease.release()
@@ -245,7 +241,12 @@ class ServerState:
                 lease.release()
             if results is None:  # the client went away; nobody reads this
                 return Response(status_code=499)
-            return JSONResponse(renderer.response(results))
+            logprobs = None
+            if scorer is not None:
+                prompts = [p for p, _ in self._runs(job, runner)]
+                logprobs = [await asyncio.to_thread(scorer.answer_logprobs, p, r.text, job.top_logprobs)
+                            for p, r in zip(prompts, results, strict=True)]
+            return JSONResponse(renderer.response(results, logprobs))
         try:
             await merged.peek(self.settings.prime_s)
         except BaseException as exc:
@@ -333,6 +334,35 @@ class ServerState:
             await merged.aclose()
             lease.release()
         yield sse("[DONE]")
+
+
+def _logprobs_member(job: Job, runner: Runner) -> Generator:
+    """The member whose distribution an answer's logprobs come from, or a 400 saying why there is none.
+
+    Only an ensemble that answers with one member alone has one token distribution per answer; that
+    member scores the finished answer token by token (one forward pass), as the model would have seen it.
+    """
+    ens = runner.ensemble
+    name = getattr(ens.strategy.params, "member", None) or next(iter(ens.members))
+    member = ens.members[name]
+
+    def refuse(why: str, param: str = "logprobs") -> APIError:
+        return APIError(400, f"ensemble '{ens.name}' cannot return logprobs: {why}", param=param,
+                        code="logprobs_unsupported")
+
+    if ens.strategy.name != "single":
+        raise refuse(f"its strategy '{ens.strategy.name}' assembles the answer from several models' tokens, "
+                     "so no single token distribution exists; leave 'logprobs' out")
+    if not member.supports_answer_logprobs:
+        raise refuse(f"its member '{name}' ({type(member).__name__}) cannot score tokens; leave 'logprobs' out")
+    if job.stream:
+        raise refuse("logprobs are given with whole answers only; ask without 'stream'", param="stream")
+    if job.echo:
+        raise refuse("the prompt's own tokens are not scored (the prompt is rendered through the member's "
+                     "template); ask without 'echo'", param="echo")
+    if job.params.get("tools"):
+        raise refuse("answers that may call tools are not scored; ask without 'tools'", param="tools")
+    return member
 
 
 async def _disconnected(request: Request) -> None:

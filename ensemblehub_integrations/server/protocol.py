@@ -132,7 +132,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: Literal["stop", "length", "tool_calls"]
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class _CompletionBody(BaseModel):
@@ -158,7 +158,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class CompletionResponse(_CompletionBody):
@@ -207,6 +207,7 @@ class Job:
         kind: Which endpoint, and so which response shape.
         prompts: One conversation per prompt; choice ``i * n + j`` is the ``j``-th answer to prompt ``i``.
         texts: The prompts as sent, for ``echo``.
+        top_logprobs: Alternatives listed per answer token when logprobs are requested.
         params: Generation overrides for the engine (only the ones the request set).
         prompt_field: The request field that carries the prompt, for error messages.
     """
@@ -222,6 +223,7 @@ class Job:
     trace: TraceLevel | None = None
     echo: bool = False
     logprobs_requested: bool = False
+    top_logprobs: int = 0
     prompt_field: str = "messages"
 
     @property
@@ -320,7 +322,7 @@ def chat_job(req: ChatCompletionRequest) -> Job:
         params=params,
         stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
         trace=_trace(req.ensemble_trace),
-        logprobs_requested=bool(req.logprobs) or req.top_logprobs is not None,
+        logprobs_requested=bool(req.logprobs) or req.top_logprobs is not None, top_logprobs=req.top_logprobs or 0,
         prompt_field=field_name,
     )
 
@@ -365,5 +367,5 @@ def completion_job(req: CompletionRequest) -> Job:
         texts=texts, n=req.n, params=_common(req, req.max_tokens), stream=req.stream,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         trace=_trace(req.ensemble_trace), echo=req.echo, logprobs_requested=req.logprobs is not None,
-        prompt_field="prompt",
+        top_logprobs=req.logprobs or 0, prompt_field="prompt",
     )

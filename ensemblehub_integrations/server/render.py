@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ensemblehub_core.types import EnsembleResult, RoundTrace
+from ensemblehub_core.types import EnsembleResult, RoundTrace, TokenLogprob
 from ensemblehub_integrations.server.protocol import Job
 
 __all__ = ["Renderer", "sse"]
@@ -32,9 +32,13 @@ class Renderer:
         self.object = "chat.completion" if job.kind == "chat" else "text_completion"
 
     # -- whole responses ---------------------------------------------------------------------------------
-    def response(self, results: Sequence[EnsembleResult]) -> dict[str, Any]:
-        """The body of a non-streamed response; ``results[i]`` is choice ``i``."""
+    def response(
+        self, results: Sequence[EnsembleResult], logprobs: Sequence[list[TokenLogprob]] | None = None
+    ) -> dict[str, Any]:
+        """The body of a non-streamed response; ``results[i]`` is choice ``i``, ``logprobs[i]`` its tokens."""
         choices = [self._choice(i, r) for i, r in enumerate(results)]
+        for choice, tokens in zip(choices, logprobs or [], strict=False):
+            choice["logprobs"] = self._logprobs(tokens)
         body: dict[str, Any] = {
             "id": self.id, "object": self.object, "created": self.created, "model": self.model,
             "choices": choices, "usage": self.usage(results), "system_fingerprint": None,
@@ -52,6 +56,21 @@ class Renderer:
             return {"index": index, "message": message, "finish_reason": _finish(result), "logprobs": None}
         text = self.job.texts[index // self.job.n] + result.text if self.job.echo else result.text
         return {"index": index, "text": text, "finish_reason": result.finish_reason, "logprobs": None}
+
+    def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
+        """OpenAI's logprobs object: ``content`` entries (chat), or the legacy parallel lists (completions)."""
+        if self.job.kind == "chat":
+            def entry(token: str, logprob: float) -> dict[str, Any]:
+                return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+            return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, b) for a, b in t.top]}
+                                for t in tokens], "refusal": None}
+        offsets, at = [], 0
+        for t in tokens:
+            offsets.append(at)
+            at += len(t.token)
+        return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
 
     def usage(self, results: Sequence[EnsembleResult]) -> dict[str, Any]:
         """Usage over all choices; a prompt answered ``n`` times counts once, as OpenAI counts it."""

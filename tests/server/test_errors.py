@@ -138,6 +138,9 @@ def test_logprobs_are_a_clear_400(http: Any, client: Any) -> None:
                                                            "echo": True, "max_tokens": 1}),
                        400, param="logprobs", code="logprobs_unsupported")
     assert "duo" in err["message"]
+    err = assert_error(http.post("/v1/chat/completions", json={"model": "echo", "messages": Q, "logprobs": True}),
+                       400, param="logprobs", code="logprobs_unsupported")
+    assert "cannot score tokens" in err["message"]  # one member alone, but a backend without distributions
 
 
 def test_unknown_route_and_method(http: Any) -> None:

@@ -70,6 +70,32 @@ def test_concurrent_requests_share_batched_forward_passes(real_server: Served) -
     assert all(r.usage.completion_tokens > 0 for r in together)
 
 
+def test_logprobs_of_a_single_member_answer(real_server: Served) -> None:
+    c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    chat = c.chat.completions.create(model="smollm2-fp32", messages=[{"role": "user", "content": "What is the "
+                                     "capital of France?"}], max_tokens=10, logprobs=True, top_logprobs=3)
+    choice = chat.choices[0]
+    content = choice.logprobs.content
+    assert "".join(t.token for t in content) == choice.message.content
+    for t in content:  # greedy (fp32): every answer token is the model's most likely one there
+        assert len(t.top_logprobs) == 3 and t.logprob <= 0
+        assert t.token == t.top_logprobs[0].token and abs(t.logprob - t.top_logprobs[0].logprob) < 1e-4
+        assert t.bytes == list(t.token.encode())
+
+    done = c.completions.create(model="smollm2-fp32", prompt="Name a primary colour.", max_tokens=6, logprobs=2)
+    lp = done.choices[0].logprobs
+    assert "".join(lp.tokens) == done.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset)
+    assert all(len(top) == 2 and max(top.values()) >= v - 1e-4 for top, v in zip(lp.top_logprobs,
+                                                                                 lp.token_logprobs, strict=True))
+    assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len(done.choices[0].text) - len(lp.tokens[-1])
+
+    for extra, param in (({"stream": True}, "stream"), ({"echo": True}, "echo")):
+        r = httpx2.post(f"{real_server.url}/v1/completions", timeout=60, json={
+            "model": "smollm2-fp32", "prompt": "Hi", "max_tokens": 2, "logprobs": 1, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
 def test_segment_ensemble_streams_round_by_round(real_server: Served) -> None:
     c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
     chunks = list(c.chat.completions.create(
