@@ -51,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--config")
     models.add_argument("--json", action="store_true")
 
+    folder = sub.add_parser("folder", help="print the local transformers folder of a model source (converting a "
+                            "GGUF once), e.g. as lm_eval's tokenizer=")
+    folder.add_argument("source", help="a model source as in a config: embedded:NAME, a .gguf file, a folder")
+
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server for the configured ensembles")
     serve.add_argument("--config")
     serve.add_argument("--host", default="127.0.0.1")
@@ -157,6 +161,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_folder(args: argparse.Namespace) -> int:
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.models.loader import model_folder
+
+    print(model_folder(ModelSpec(source=args.source)))
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from ensemblehub_integrations.server import serve
@@ -168,7 +180,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"ask": _cmd_ask, "run": _cmd_run, "models": _cmd_models, "serve": _cmd_serve}
+_COMMANDS = {"ask": _cmd_ask, "run": _cmd_run, "models": _cmd_models, "folder": _cmd_folder, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

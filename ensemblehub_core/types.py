@@ -163,12 +163,13 @@ class TokenLogprob:
 
     Attributes:
         token: The token's text.
-        logprob: Its natural-log probability (temperature 1, no truncation).
+        logprob: Its natural-log probability (temperature 1, no truncation); None for a text's first token,
+            which has nothing before it to be scored from.
         top: The ``k`` most likely tokens at that position, most likely first, as (text, logprob).
     """
 
     token: str
-    logprob: float
+    logprob: float | None
     top: list[tuple[str, float]] = field(default_factory=list)
 
 

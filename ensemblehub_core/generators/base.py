@@ -135,6 +135,28 @@ class Generator(ABC):
 
         raise CapabilityError(f"member '{self.name}' ({type(self).__name__}) cannot score an answer's tokens")
 
+    def score_prompt(self, prompt: str | Sequence[int], top_k: int = 0, *, extend: bool = False
+                     ) -> list[TokenLogprob]:
+        """Every token of a raw prompt (no chat template) with its log-probability, as a base-model completions
+        server scores ``echo`` with ``logprobs`` (lm-evaluation-harness's loglikelihood requests).
+
+        Args:
+            prompt: Text (encoded as a plain document, with the tokenizer's own special tokens such as BOS) or
+                token ids in this member's vocabulary.
+            top_k: How many of the most likely tokens to list at each position.
+            extend: Also append the most likely next token (a greedy one-token continuation).
+
+        Returns:
+            One entry per prompt token (the first with ``logprob`` None), then the continuation token if any.
+
+        Raises:
+            CapabilityError: this backend cannot score text (``supports_answer_logprobs`` is False).
+            InputError: an empty prompt, ids outside the vocabulary, or more tokens than the context holds.
+        """
+        from ensemblehub_core.exceptions import CapabilityError
+
+        raise CapabilityError(f"member '{self.name}' ({type(self).__name__}) cannot score a prompt's tokens")
+
     def continuous_batcher(self, max_batch: int) -> Batcher | None:
         """A batcher that lets concurrent requests join and leave one running batch, or None (the default).
 

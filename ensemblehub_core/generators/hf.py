@@ -99,25 +99,61 @@ class HFGenerator(TokenizerPrompt, Generator):
 
     def answer_logprobs(self, messages: Sequence[Message], text: str, top_k: int = 0) -> list[TokenLogprob]:
         """One forward pass over prompt + answer; each answer token's log-probability and the top ``top_k``."""
+        prompt = self.encode_prompt(messages, active_tools())
+        return self.token_logprobs(prompt + self.encode(text), len(prompt), top_k)
+
+    def score_prompt(self, prompt: str | Sequence[int], top_k: int = 0, *, extend: bool = False
+                     ) -> list[TokenLogprob]:
+        ids = list(self.tokenizer(prompt).input_ids) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise InputError("the prompt is empty: there is nothing to score")
+        first = TokenLogprob(token=self.decode(ids[:1]), logprob=None)
+        return [first, *self.token_logprobs(ids, 1, top_k, extend=extend)]
+
+    def token_logprobs(self, ids: Sequence[int], start: int, top_k: int = 0, *, extend: bool = False
+                       ) -> list[TokenLogprob]:
+        """Log-probabilities of ``ids[start:]``, each given the tokens before it, in one forward pass.
+
+        Args:
+            ids: Token ids in this member's vocabulary (read as they are: no template, no special tokens added).
+            start: The first position scored (at least 1: the first token has nothing before it).
+            top_k: How many of the most likely tokens to list at each position.
+            extend: Also append the most likely next token after ``ids`` (a greedy one-token continuation).
+
+        Raises:
+            InputError: the ids do not fit the context, hold ids outside the vocabulary, or ``start`` < 1.
+        """
         import torch
 
         from ensemblehub_core._torch import device_lock
 
-        prompt, answer = self.encode_prompt(messages, active_tools()), self.encode(text)
-        if not answer:
+        ids = list(ids)
+        if start < 1:
+            raise InputError("the first token has nothing before it to be scored from")
+        if len(ids) + extend > self.context_length:
+            raise InputError(f"member '{self.name}': {len(ids) + extend} tokens are longer than its context of "
+                             f"{self.context_length}")
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        if any(not 0 <= t < vocab for t in ids):
+            raise InputError(f"member '{self.name}': token ids must lie in [0, {vocab})")
+        scored = len(ids) - start
+        if scored <= 0 and not extend:
             return []
-        if len(prompt) + len(answer) > self.context_length:
-            raise InputError(f"member '{self.name}': prompt and answer are {len(prompt) + len(answer)} tokens, "
-                             f"longer than its context of {self.context_length}")
         dev = self.model.device
         with device_lock(str(dev)), torch.inference_mode():
-            # The logits at the last len(answer) + 1 positions; all but the final one predict an answer token.
-            out = self.model(input_ids=torch.tensor([prompt + answer], device=dev), logits_to_keep=len(answer) + 1)
-            logp = torch.log_softmax(out.logits[0, :-1].float(), dim=-1)
-        chosen = logp[torch.arange(len(answer)), torch.tensor(answer)].tolist()
+            # The logits at the last scored + 1 positions: position i - 1 predicts token i; the last one, the
+            # token after ``ids``.
+            out = self.model(input_ids=torch.tensor([ids], device=dev), logits_to_keep=scored + 1)
+            logp = torch.log_softmax(out.logits[0].float(), dim=-1)
+        targets = ids[start:]
+        if extend:
+            targets.append(int(torch.argmax(logp[-1])))
+        else:
+            logp = logp[:-1]
+        chosen = logp[torch.arange(len(targets)), torch.tensor(targets)].tolist()
         tops = torch.topk(logp, top_k, dim=-1) if top_k else None
         result = []
-        for i, tok in enumerate(answer):
+        for i, tok in enumerate(targets):
             top = ([(self.decode([int(t)]), float(v)) for t, v in zip(tops.indices[i], tops.values[i], strict=True)]
                    if tops is not None else [])
             result.append(TokenLogprob(token=self.decode([tok]), logprob=float(chosen[i]), top=top))

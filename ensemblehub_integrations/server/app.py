@@ -31,7 +31,7 @@ from ensemblehub_core.engine import EnsembleChunk
 from ensemblehub_core.exceptions import EnsembleHubError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.hub import Hub
-from ensemblehub_core.types import EnsembleResult, Message
+from ensemblehub_core.types import Candidate, EnsembleResult, Message
 from ensemblehub_integrations.server.errors import APIError, from_engine, install_handlers, unexpected
 from ensemblehub_integrations.server.limits import BodyLimit
 from ensemblehub_integrations.server.protocol import (
@@ -48,7 +48,7 @@ from ensemblehub_integrations.server.protocol import (
     completion_job,
 )
 from ensemblehub_integrations.server.render import Renderer, sse
-from ensemblehub_integrations.server.scheduler import Admission, Lease, Runner, make_runner
+from ensemblehub_integrations.server.scheduler import Admission, Lease, Runner, make_runner, single_result
 from ensemblehub_integrations.server.settings import CONFIG_ENV, ServerSettings
 
 __all__ = ["ServerState", "app_from_env", "create_app"]
@@ -229,6 +229,11 @@ class ServerState:
         try:
             runner = await self.runner(name)
             scorer = _logprobs_member(job, runner) if job.logprobs_requested else None
+            if scorer is not None and job.echo:
+                try:
+                    return JSONResponse(await self._score_prompts(job, scorer, runner))
+                finally:
+                    lease.release()
             merged = _Merged([runner.stream(p, params) for p, params in self._runs(job, runner)])
         except BaseException:
             lease.release()
@@ -257,6 +262,26 @@ class ServerState:
         weakref.finalize(body, lease.release)  # a stream that never started still gives its place back
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @staticmethod
+    async def _score_prompts(job: Job, member: Generator, runner: Runner) -> dict[str, Any]:
+        """``echo`` with ``logprobs``: each raw prompt's tokens scored, plus one greedy token, in one pass."""
+        results, logprobs = [], []
+        sources: list[str | list[int]] = [*job.texts] if job.texts else [*job.prompt_ids]
+        for source in sources:
+            started = time.perf_counter()
+            try:
+                tokens = await asyncio.to_thread(member.score_prompt, source, job.top_logprobs, extend=True)
+            except EnsembleHubError as exc:
+                raise from_engine(exc, prompt_field="prompt") from exc
+            *prompt, nxt = tokens
+            if isinstance(source, list):
+                job.texts.append("".join(t.token for t in prompt))  # the echo of token ids: their text
+            cand = Candidate(member=member.name, text=nxt.token, token_count=1, prompt_tokens=len(prompt))
+            result = single_result(runner.ensemble, cand, time.perf_counter() - started, note="prompt scored")
+            results.extend([result] * job.n)
+            logprobs.extend([tokens] * job.n)
+        return Renderer(job, runner.ensemble.name).response(results, logprobs)
 
     def _runs(self, job: Job, runner: Runner) -> list[tuple[list[Message], dict[str, Any]]]:
         """Each choice's prompt and parameters; sampled choices of one prompt get different seeds."""
@@ -357,9 +382,9 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
         raise refuse(f"its member '{name}' ({type(member).__name__}) cannot score tokens; leave 'logprobs' out")
     if job.stream:
         raise refuse("logprobs are given with whole answers only; ask without 'stream'", param="stream")
-    if job.echo:
-        raise refuse("the prompt's own tokens are not scored (the prompt is rendered through the member's "
-                     "template); ask without 'echo'", param="echo")
+    if job.echo and job.params.get("max_tokens") != 1:
+        raise refuse("'echo' with 'logprobs' scores the prompt as raw text and continues it by one greedy "
+                     "token; send max_tokens 1", param="max_tokens")
     if job.params.get("tools"):
         raise refuse("answers that may call tools are not scored; ask without 'tools'", param="tools")
     return member

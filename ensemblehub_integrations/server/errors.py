@@ -74,7 +74,7 @@ def from_engine(exc: EnsembleHubError, *, prompt_field: str = "messages") -> API
     if isinstance(exc, InputError):
         if "context" in msg:
             return APIError(400, msg, param=prompt_field, code="context_length_exceeded")
-        return APIError(400, msg, code="invalid_value")
+        return APIError(400, msg, param=prompt_field, code="invalid_value")  # the input is the prompt
     if isinstance(exc, CapabilityError):
         return APIError(400, msg, code="unsupported")
     if isinstance(exc, ConfigError | ModelLoadError):

@@ -208,6 +208,7 @@ class Job:
         prompts: One conversation per prompt; choice ``i * n + j`` is the ``j``-th answer to prompt ``i``.
         texts: The prompts as sent, for ``echo``.
         top_logprobs: Alternatives listed per answer token when logprobs are requested.
+        prompt_ids: Token-id prompts (completions, for prompt scoring only); ``prompts`` is empty then.
         params: Generation overrides for the engine (only the ones the request set).
         prompt_field: The request field that carries the prompt, for error messages.
     """
@@ -225,10 +226,11 @@ class Job:
     logprobs_requested: bool = False
     top_logprobs: int = 0
     prompt_field: str = "messages"
+    prompt_ids: list[list[int]] = field(default_factory=list)
 
     @property
     def choices(self) -> int:
-        return len(self.prompts) * self.n
+        return len(self.prompt_ids or self.prompts) * self.n
 
 
 def _unsupported(param: str, what: str) -> APIError:
@@ -353,18 +355,25 @@ def completion_job(req: CompletionRequest) -> Job:
     if req.best_of is not None and req.best_of != req.n:
         raise _unsupported("best_of", "configure a best-of-n strategy in the ensemble instead")
     prompt = req.prompt
+    ids: list[list[int]] = []
     if isinstance(prompt, str):
         texts = [prompt]
     elif all(isinstance(p, str) for p in prompt):
         texts = [str(p) for p in prompt]
     else:
-        raise APIError(400, "'prompt' must be text: members have different tokenizers, so token ids cannot "
-                       "be shared; send the prompt as a string", param="prompt", code="unsupported_parameter")
-    if not texts:
+        if not (req.echo and req.logprobs is not None):
+            raise APIError(400, "'prompt' must be text: members have different tokenizers, so token ids are "
+                           "taken only for scoring a prompt ('echo' with 'logprobs', by an ensemble of one "
+                           "member); send the prompt as a string", param="prompt", code="unsupported_parameter")
+        ids = [list(p) for p in prompt] if all(isinstance(p, list) for p in prompt) else [list(prompt)]  # type: ignore[arg-type]
+        if not all(ids):
+            raise APIError(400, "'prompt' holds an empty list of token ids", param="prompt")
+        texts = []
+    if not texts and not ids:
         raise APIError(400, "'prompt' must not be an empty list", param="prompt")
     return Job(
         kind="completion", model=req.model, prompts=[[Message(role="user", content=t)] for t in texts],
-        texts=texts, n=req.n, params=_common(req, req.max_tokens), stream=req.stream,
+        prompt_ids=ids, texts=texts, n=req.n, params=_common(req, req.max_tokens), stream=req.stream,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         trace=_trace(req.ensemble_trace), echo=req.echo, logprobs_requested=req.logprobs is not None,
         top_logprobs=req.logprobs or 0, prompt_field="prompt",

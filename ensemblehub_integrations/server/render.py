@@ -60,7 +60,7 @@ class Renderer:
     def _logprobs(self, tokens: list[TokenLogprob]) -> dict[str, Any]:
         """OpenAI's logprobs object: ``content`` entries (chat), or the legacy parallel lists (completions)."""
         if self.job.kind == "chat":
-            def entry(token: str, logprob: float) -> dict[str, Any]:
+            def entry(token: str, logprob: float | None) -> dict[str, Any]:
                 return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
             return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, b) for a, b in t.top]}
@@ -70,7 +70,9 @@ class Renderer:
             offsets.append(at)
             at += len(t.token)
         return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
-                "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+                # a prompt's first token has no score and no alternatives: null, as OpenAI sends it
+                "top_logprobs": [None if t.logprob is None else dict(t.top) for t in tokens],
+                "text_offset": offsets}
 
     def usage(self, results: Sequence[EnsembleResult]) -> dict[str, Any]:
         """Usage over all choices; a prompt answered ``n`` times counts once, as OpenAI counts it."""

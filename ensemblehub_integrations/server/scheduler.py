@@ -32,7 +32,7 @@ from ensemblehub_integrations.server.errors import APIError
 
 __all__ = [
     "Admission", "BatchingRunner", "ContinuousRunner", "DirectRunner", "Lease", "Runner", "batch_member",
-    "make_runner",
+    "make_runner", "single_result",
 ]
 
 log = logging.getLogger("ensemblehub.server")
@@ -151,7 +151,7 @@ class ContinuousRunner(Runner):
             cand = await (call if timeout is None else asyncio.wait_for(call, timeout))
         except TimeoutError as exc:
             raise GeneratorError(self.member.name, f"timed out after {timeout:g} s") from exc
-        result = _single_result(self.ensemble, cand, cand.elapsed_s)
+        result = single_result(self.ensemble, cand, cand.elapsed_s)
         yield EnsembleChunk(text=result.text, round=result.trace[0])
         yield EnsembleChunk(text="", result=result)
 
@@ -313,11 +313,11 @@ class BatchingRunner(Runner):
             raise GeneratorError(self.member.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _result(self, cand: Candidate, elapsed: float, batch_size: int) -> EnsembleResult:
-        return _single_result(self.ensemble, cand, elapsed,
+        return single_result(self.ensemble, cand, elapsed,
                               note=f"decoded in a batch of {batch_size}" if batch_size > 1 else "")
 
 
-def _single_result(ensemble: Ensemble, cand: Candidate, elapsed: float, note: str = "") -> EnsembleResult:
+def single_result(ensemble: Ensemble, cand: Candidate, elapsed: float, note: str = "") -> EnsembleResult:
     """The result (one round, one candidate) of a ``single`` ensemble's answer decoded outside the engine."""
     trace = RoundTrace(
         index=0, candidates=[cand], scores=[None], winner=cand.member, winner_index=0, accepted_text=cand.text,

@@ -153,6 +153,14 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path: Path, config_file: Pat
     assert main(["run", "--config", str(config_file), "--input", str(tmp_path / "none.jsonl"),
                  "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["folder", "embedded:ghost"]) == 2
+    assert "unknown embedded model 'ghost'" in capsys.readouterr().err
+
+
+def test_cli_folder_prints_a_model_folder(tmp_path: Path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["folder", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path)
 
 
 def test_cli_ask_prints_trace(config_file: Path, capsys):

@@ -31,26 +31,27 @@ if importlib.util.find_spec("lm_eval") is None:
 
 
 def _task_dir(tmp: Path) -> Path:
-    """The shipped task with its data path made absolute, so lm_eval can run from any directory."""
+    """The shipped tasks with their data path made absolute, so lm_eval can run from any directory."""
     out = tmp / "tasks"
     out.mkdir()
-    text = (TASK_DIR / "ensemblehub_capitals.yaml").read_text(encoding="utf-8")
-    text = text.replace("examples/lm_eval/capitals.jsonl", str(TASK_DIR / "capitals.jsonl"))
-    (out / "ensemblehub_capitals.yaml").write_text(text, encoding="utf-8")
+    for task in TASK_DIR.glob("*.yaml"):
+        text = task.read_text(encoding="utf-8")
+        text = text.replace("examples/lm_eval/capitals.jsonl", str(TASK_DIR / "capitals.jsonl"))
+        (out / task.name).write_text(text, encoding="utf-8")
     return out
 
 
-def run_lm_eval(tmp: Path, model_type: str, model_args: str, *extra: str) -> dict[str, Any]:
+def run_lm_eval(tmp: Path, model_type: str, model_args: str, *extra: str,
+                task: str = "ensemblehub_capitals") -> dict[str, Any]:
     """Run the ``lm_eval`` command and return the task's results."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "lm_eval", "run", "--model", model_type, "--model_args", model_args,
-           "--tasks", "ensemblehub_capitals", "--include_path", str(_task_dir(tmp)),
-           "--output_path", str(tmp / "out"), *extra]
+           "--tasks", task, "--include_path", str(_task_dir(tmp)), "--output_path", str(tmp / "out"), *extra]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (results_file,) = list((tmp / "out").rglob("results_*.json"))
-    results: dict[str, Any] = json.loads(results_file.read_text())["results"]["ensemblehub_capitals"]
+    results: dict[str, Any] = json.loads(results_file.read_text())["results"][task]
     return results
 
 
@@ -88,3 +89,48 @@ def test_lm_eval_chat_completions_with_a_real_model(tmp_path: Path) -> None:
     score = results["exact_match,last-capitalised-word"]
     print(f"SmolLM2-135M on ensemblehub_capitals (5 questions): exact_match {score:.2f}; batches {batches}")
     assert score >= 0.4  # it knows Paris, Rome, Berlin, Madrid, Tokyo (the first five)
+
+
+@pytest.mark.slow
+def test_lm_eval_multiple_choice_loglikelihood_with_a_real_model(tmp_path: Path) -> None:
+    # local-completions sends token ids with echo + logprobs + max_tokens 1 and sums the continuation's scores.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.models.loader import model_folder
+
+    folder = model_folder(ModelSpec(source="embedded:smollm2-135m-instruct"))
+    cfg = parse_config({"ensembles": {"smollm2-135m": {
+        "members": [{"name": "smol", "model": "embedded:smollm2-135m-instruct", "dtype": "float32"}],
+        "strategy": "single",
+    }}})
+    with running(create_app(cfg, api_key=""), wait_ready=False) as served:
+        from tests.server.conftest import wait_until_ready
+
+        try:
+            wait_until_ready(served.url, timeout=300)
+        except RuntimeError as exc:
+            pytest.skip(f"the embedded SmolLM2 model cannot load here: {exc}")
+        args = (f"model=smollm2-135m,base_url={served.url}/v1/completions,tokenizer_backend=huggingface,"
+                f"tokenizer={folder},num_concurrent=2,max_retries=1")
+        results = run_lm_eval(tmp_path, "local-completions", args, "--limit", "6", "--log_samples",
+                              task="ensemblehub_capitals_mc")
+    print(f"SmolLM2-135M on ensemblehub_capitals_mc (6 questions): acc {results['acc,none']:.2f}")
+    assert results["acc,none"] >= 0.8  # it knows these capitals; wrong scores would put it near 0.25
+
+    # Each score lm_eval saw equals the model's own log-likelihood of that continuation, computed here.
+    (samples_file,) = list((tmp_path / "out").rglob("samples_ensemblehub_capitals_mc_*.jsonl"))
+    sample = json.loads(samples_file.read_text().splitlines()[0])
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    import torch
+
+    context = sample["arguments"]["gen_args_0"]["arg_0"]
+    for k, choice in enumerate(sample["doc"]["options"]):
+        whole = tok(context + " " + choice).input_ids
+        n_ctx = len(tok(context).input_ids)
+        with torch.inference_mode():
+            logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+        mine = sum(float(logp[i - 1, whole[i]]) for i in range(n_ctx, len(whole)))
+        theirs = float(sample["resps"][k][0][0])
+        assert abs(mine - theirs) < 1e-3, (choice, mine, theirs)

@@ -90,9 +90,41 @@ def test_logprobs_of_a_single_member_answer(real_server: Served) -> None:
                                                                                  lp.token_logprobs, strict=True))
     assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len(done.choices[0].text) - len(lp.tokens[-1])
 
-    for extra, param in (({"stream": True}, "stream"), ({"echo": True}, "echo")):
+    for extra, param in (({"stream": True}, "stream"), ({"echo": True}, "max_tokens")):
         r = httpx2.post(f"{real_server.url}/v1/completions", timeout=60, json={
             "model": "smollm2-fp32", "prompt": "Hi", "max_tokens": 2, "logprobs": 1, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_prompt_scoring_with_echo_and_logprobs(real_server: Served) -> None:
+    c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    text = "The capital of France is Paris"
+    done = c.completions.create(model="smollm2-fp32", prompt=text, echo=True, logprobs=2, max_tokens=1)
+    lp = done.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the first token has no context
+    assert "".join(lp.tokens) == done.choices[0].text and done.choices[0].text.startswith(text)
+    assert done.usage.completion_tokens == 1 and done.usage.prompt_tokens == len(lp.tokens) - 1
+    # the model's own numbers: one forward pass over the same ids, here
+    import torch
+
+    member = real_server.state.runners["smollm2-fp32"].ensemble.members["smol"]
+    ids = member.tokenizer(text).input_ids
+    with torch.inference_mode():
+        logp = torch.log_softmax(member.model(torch.tensor([ids])).logits[0].float(), -1)
+    mine = [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+    assert lp.token_logprobs[1:len(ids)] == pytest.approx(mine, abs=1e-4)
+    assert lp.tokens[-1] == member.decode([int(logp[-1].argmax())])  # the greedy next token
+
+    # token ids, as lm-evaluation-harness sends them: the same scores
+    by_ids = c.completions.create(model="smollm2-fp32", prompt=[ids], echo=True, logprobs=0, max_tokens=1)
+    assert by_ids.choices[0].logprobs.token_logprobs == pytest.approx(lp.token_logprobs[:len(ids) + 1], abs=1e-4)
+    assert by_ids.choices[0].text == done.choices[0].text
+
+    url = f"{real_server.url}/v1/completions"
+    for body, param in (({"prompt": [ids], "max_tokens": 1}, "prompt"),  # ids without echo + logprobs
+                        ({"prompt": [[10**9]], "echo": True, "logprobs": 1, "max_tokens": 1}, "prompt"),
+                        ({"prompt": [[]], "echo": True, "logprobs": 1, "max_tokens": 1}, "prompt")):
+        r = httpx2.post(url, timeout=60, json={"model": "smollm2-fp32", **body})
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
