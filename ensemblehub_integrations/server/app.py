@@ -48,7 +48,14 @@ from ensemblehub_integrations.server.protocol import (
     completion_job,
 )
 from ensemblehub_integrations.server.render import Renderer, sse
-from ensemblehub_integrations.server.scheduler import Admission, Lease, Runner, make_runner, single_result
+from ensemblehub_integrations.server.scheduler import (
+    Admission,
+    Lease,
+    Runner,
+    make_runner,
+    single_member,
+    single_result,
+)
 from ensemblehub_integrations.server.settings import CONFIG_ENV, ServerSettings
 
 __all__ = ["ServerState", "app_from_env", "create_app"]
@@ -248,9 +255,9 @@ class ServerState:
                 return Response(status_code=499)
             logprobs = None
             if scorer is not None:
-                prompts = [p for p, _ in self._runs(job, runner)]
-                logprobs = [await asyncio.to_thread(scorer.answer_logprobs, p, r.text, job.top_logprobs)
-                            for p, r in zip(prompts, results, strict=True)]
+                # choice i answers prompt i // n
+                logprobs = [await asyncio.to_thread(scorer.answer_logprobs, job.prompts[i // job.n], r.text,
+                                                    job.top_logprobs) for i, r in enumerate(results)]
             return JSONResponse(renderer.response(results, logprobs))
         try:
             await merged.peek(self.settings.prime_s)
@@ -368,8 +375,7 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
     member scores the finished answer token by token (one forward pass), as the model would have seen it.
     """
     ens = runner.ensemble
-    name = getattr(ens.strategy.params, "member", None) or next(iter(ens.members))
-    member = ens.members[name]
+    member = single_member(ens)
 
     def refuse(why: str, param: str = "logprobs") -> APIError:
         return APIError(400, f"ensemble '{ens.name}' cannot return logprobs: {why}", param=param,
@@ -379,7 +385,8 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
         raise refuse(f"its strategy '{ens.strategy.name}' assembles the answer from several models' tokens, "
                      "so no single token distribution exists; leave 'logprobs' out")
     if not member.supports_answer_logprobs:
-        raise refuse(f"its member '{name}' ({type(member).__name__}) cannot score tokens; leave 'logprobs' out")
+        raise refuse(f"its member '{member.name}' ({type(member).__name__}) cannot score tokens; leave 'logprobs' "
+                     "out")
     if job.stream:
         raise refuse("logprobs are given with whole answers only; ask without 'stream'", param="stream")
     if job.echo and job.params.get("max_tokens") != 1:

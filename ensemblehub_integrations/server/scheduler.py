@@ -32,7 +32,7 @@ from ensemblehub_integrations.server.errors import APIError
 
 __all__ = [
     "Admission", "BatchingRunner", "ContinuousRunner", "DirectRunner", "Lease", "Runner", "batch_member",
-    "make_runner", "single_result",
+    "make_runner", "single_member", "single_result",
 ]
 
 log = logging.getLogger("ensemblehub.server")
@@ -168,12 +168,17 @@ class _Item:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
+def single_member(ensemble: Ensemble) -> Generator:
+    """The member a ``single`` ensemble answers with (its ``member`` parameter, else the first member)."""
+    name = getattr(ensemble.strategy.params, "member", None) or next(iter(ensemble.members))
+    return ensemble.members[name]
+
+
 def batch_member(ensemble: Ensemble) -> Generator | None:
     """The member to batch for, when the ensemble is one member answering alone on a batching backend."""
     if ensemble.strategy.name != "single":
         return None
-    name = getattr(ensemble.strategy.params, "member", None) or next(iter(ensemble.members))
-    member = ensemble.members[name]
+    member = single_member(ensemble)
     if type(member).complete_many is Generator.complete_many:
         return None  # the base class runs prompts one by one: nothing to gain
     return member
