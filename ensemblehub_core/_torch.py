@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "make_cache", "pick_token", "rollback",
-    "seeded_generator",
+    "ChosenLogprobs", "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "make_cache", "pick_token",
+    "rollback", "seeded_generator",
 ]
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -83,6 +83,21 @@ def pick_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torc
         keep = torch.cumsum(sorted_p, dim=-1) - sorted_p < top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
     return int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
+
+
+class ChosenLogprobs:
+    """The log-probabilities of the tokens a decode loop chose, kept on the model's device until read once."""
+
+    def __init__(self) -> None:
+        self._values: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, token: int) -> None:
+        """Record ``token``'s log-probability under ``logits`` (untempered: the member's own belief)."""
+        self._values.append(torch.log_softmax(logits.float(), dim=-1)[token])
+
+    def values(self) -> list[float]:
+        """Every recorded log-probability, in order (one copy to the host)."""
+        return [float(v) for v in torch.stack(self._values).tolist()] if self._values else []
 
 
 class KeptCache:

@@ -17,6 +17,7 @@ from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.prompting import TokenizerPrompt
+from ensemblehub_core.models.loader import end_of_turn_id
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
@@ -65,6 +66,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.eos_ids = set(loaded.eos_token_ids)
+        #: The end token this model closes an answer with (what a finished candidate is scored with).
+        self.end_id = end_of_turn_id(loaded.tokenizer, loaded.eos_token_ids)
         self._batcher: StepBatcher | None = None
         self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
                           prompt_format, system_prompt)
@@ -172,7 +175,7 @@ class HFGenerator(TokenizerPrompt, Generator):
         """Decode several prompts in shared forward passes (left padding)."""
         import torch
 
-        from ensemblehub_core._torch import device_lock, pick_token, seeded_generator
+        from ensemblehub_core._torch import ChosenLogprobs, device_lock, pick_token, seeded_generator
 
         start = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -183,6 +186,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
         gen = seeded_generator(request.seed)
         new: list[list[int]] = [[] for _ in prompts]
+        emitted: list[list[int]] = [[] for _ in prompts]  # new + the EOS id a row ended with
+        chosen = [ChosenLogprobs() for _ in prompts]
         texts = [""] * len(prompts)
         finish = ["length"] * len(prompts)
         done = [False] * len(prompts)
@@ -199,6 +204,8 @@ class HFGenerator(TokenizerPrompt, Generator):
                         tok = pad if done[row] else pick_token(logits[row], request.temperature, request.top_p, gen)
                         step_tokens.append(tok)
                         if not done[row]:
+                            chosen[row].add(logits[row], tok)
+                            emitted[row].append(tok)
                             done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
                     if all(done) or step == budget - 1:
                         break
@@ -218,6 +225,8 @@ class HFGenerator(TokenizerPrompt, Generator):
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish[i],  # type: ignore[arg-type]
                 elapsed_s=elapsed,
+                token_ids=emitted[i],
+                token_logprobs=chosen[i].values(),
             )
             for i in range(len(prompts))
         ]
@@ -290,7 +299,7 @@ class HFSession(GeneratorSession):
             raise GeneratorError(self.gen.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _decode(self, request: SegmentRequest) -> Candidate:
-        from ensemblehub_core._torch import pick_token, seeded_generator
+        from ensemblehub_core._torch import ChosenLogprobs, pick_token, seeded_generator
 
         start = time.perf_counter()
         budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
@@ -305,15 +314,18 @@ class HFSession(GeneratorSession):
         self.forwarded_tokens += len(pending)
         gen = seeded_generator(request.seed)
         new: list[int] = []
+        chosen = ChosenLogprobs()
         fed, finish, text = 0, "length", ""
         for step in range(budget):
             tok = pick_token(logits, request.temperature, request.top_p, gen)
+            chosen.add(logits, tok)
             done, finish, text = self.gen._advance(new, tok, request)
             if done or step == budget - 1:
                 break
             logits = self.kv.forward([tok])
             fed += 1
         self.forwarded_tokens += fed
+        token_ids = [*new, tok] if finish == "eos" and tok in self.gen.eos_ids else list(new)
         cand = Candidate(
             member=self.gen.name,
             text=text,
@@ -321,6 +333,8 @@ class HFSession(GeneratorSession):
             prompt_tokens=self.prompt_tokens,
             finish_reason=finish,  # type: ignore[arg-type]
             elapsed_s=time.perf_counter() - start,
+            token_ids=token_ids,
+            token_logprobs=chosen.values()[: len(token_ids)],
         )
         exact = text == self.gen.decode(new)
         self.proposal = _Proposal(ids=new, text=text, fed=fed, exact=exact, candidate=cand)
