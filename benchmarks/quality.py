@@ -27,6 +27,7 @@ from typing import Any
 
 from benchmarks.datasets import Item, arithmetic, gsm_symbolic, is_correct, mmlu, two_operand
 from ensemblehub_core import calibration as cal
+from ensemblehub_core.config import HubConfig, load_config, parse_config
 from ensemblehub_core.engine import Ensemble, to_messages
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.scorers.agreement import AgreementScorer
@@ -48,6 +49,17 @@ SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], 
 MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
+
+
+def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:
+    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype."""
+    data = cfg.model_dump(exclude_none=True)
+    for ens in data["ensembles"].values():
+        for m in ens["members"]:
+            m["dtype"] = dtype
+        for s in ens.get("scorer", []):
+            s["dtype"] = dtype
+    return parse_config(data, cfg.source)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -108,14 +120,66 @@ def records_for(store: Path, set_name: str, split: str, items: list[Item], membe
             print(f"\r  {set_name} {split}: {done}/{total} answered", end="", flush=True)
 
         for it in todo:  # one at a time, so a stopped run keeps what it did
+            def right(text: str, ref: str, item: Item = it) -> bool:
+                return is_correct(item, text)
+
             (rec,) = asyncio.run(cal.collect(members, panel, [(it.id, to_messages(it.prompt), it.answer)],
-                                             lambda text, ref, _it=it: is_correct(_it, text), max_tokens))
+                                             right, max_tokens))
             kept[(set_name, split, it.id)] = rec
             with store.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(_record_to_json(set_name, split, rec)) + "\n")
             progress(len([i for i in by_id if (set_name, split, i) in kept]), len(todo))
         print()
     return [kept[(set_name, split, it.id)] for it in items]
+
+
+def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: Ensemble, max_tokens: int
+                ) -> list[cal.Record]:
+    """Self-consistency candidates: the ``vote-qwen-x5`` ensemble's five answers per item (greedy + 4 sampled),
+    with their token log-probabilities, kept like the members' records (split name suffixed ``-samples``)."""
+    kept: dict[str, cal.Record] = {}
+    tag = f"{split}-samples"
+    if store.exists():
+        for line in store.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["set"] == set_name and row["split"] == tag:
+                kept[row["id"]] = _record_from_json(row)
+    todo = [it for it in items if it.id not in kept]
+    for n, it in enumerate(todo, 1):
+        result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+        cands = list(result.trace[0].candidates)
+        rec = cal.Record(id=it.id, candidates=cands, scores={}, correct=[c.ok and is_correct(it, c.text)
+                                                                           for c in cands])
+        kept[it.id] = rec
+        with store.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(_record_to_json(set_name, tag, rec)) + "\n")
+        print(f"\r  {set_name} {tag}: {n}/{len(todo)}", end="", flush=True)
+    if todo:
+        print()
+    return [kept[it.id] for it in items]
+
+
+def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate], float]) -> list[int]:
+    """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: earliest)."""
+    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+
+    marks = []
+    for r in records:
+        totals: dict[str, float] = {}
+        first: dict[str, int] = {}
+        for i, c in enumerate(r.candidates):
+            value = extract_auto(c.text) if c.ok else None
+            if value is None:
+                continue
+            key = answer_key(value)
+            totals[key] = totals.get(key, 0.0) + weight(c)
+            first.setdefault(key, i)
+        if not totals:
+            marks.append(int(r.correct[0]))
+            continue
+        best = max(totals, key=lambda k: (totals[k], -first[k]))
+        marks.append(int(r.correct[first[best]]))
+    return marks
 
 
 def vote_marks(records: list[cal.Record]) -> list[int]:
@@ -179,8 +243,14 @@ def main() -> None:
     ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
     ap.add_argument("--records", default=str(RESULTS / "quality-records.jsonl"))
     ap.add_argument("--results", default=str(RESULTS / "quality.json"))
+    ap.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
+                    help="also rate self-consistency over Qwen's five answers (plain and confidence-weighted vote)")
+    ap.add_argument("--only-samples", action="store_true", help="only collect the self-consistency answers")
+    ap.add_argument("--samples-store", default=str(RESULTS / "quality-samples.jsonl"))
+    ap.add_argument("--dtype", default="float32",
+                    help="members' dtype (float32: CPUs without native bf16 run it 2-3x faster than bfloat16)")
     args = ap.parse_args()
-    hub = Hub()
+    hub = Hub(with_dtype(load_config(), args.dtype))
     members = {n: hub.ensemble("trio").members[n] for n in MEMBERS}
     panels = {"auto": panel_of(members), "choice": panel_of(members, "choice")}
     store = Path(args.records)
@@ -197,8 +267,18 @@ def main() -> None:
         d_items = [it for it in make_dev(args.dev + 10) if it.prompt not in seen][: args.dev]  # no overlap
         test_items[set_name] = t_items
         panel = panels["choice" if set_name == "mmlu" else "auto"]
+        if args.only_samples:
+            continue
         dev_records[set_name] = records_for(store, set_name, "dev", d_items, members, panel, max_tokens)
         test_records[set_name] = records_for(store, set_name, "test", t_items, members, panel, max_tokens)
+    sampled: dict[str, list[cal.Record]] = {}
+    if args.samples:
+        sc = hub.ensemble("vote-qwen-x5")
+        for set_name in sets:
+            sampled[set_name] = samples_for(Path(args.samples_store), set_name, "test", test_items[set_name], sc,
+                                            SETS[set_name][2])
+    if args.only_samples:
+        return
     if all(s in sets for s in MIXED):
         half = args.test // 2
         test_records["mixed"] = [r for s in MIXED for r in test_records[s][:half]]
@@ -208,11 +288,18 @@ def main() -> None:
     for set_name, records in test_records.items():
         t0 = time.perf_counter()
         systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(MEMBERS)}
+        # Not a system: the most any rule that picks one of the members' answers could get.
+        systems["oracle: any member right"] = [int(any(r.correct)) for r in records]
         systems["vote (members' answers)"] = vote_marks(records)
         systems["best-of: raw confidence"] = select_marks(records, panel, {"confidence": 1.0, "agreement": 0.0,
                                                                           "cross_likelihood": 0.0}, {})
         systems["best-of: cross-likelihood"] = select_marks(records, panel, {"confidence": 0.0, "agreement": 0.0,
                                                                             "cross_likelihood": 1.0}, {})
+        if set_name in sampled or (set_name == "mixed" and all(s in sampled for s in MIXED)):
+            samp = sampled.get(set_name) or [r for s in MIXED for r in sampled[s][: args.test // 2]]
+            systems["self-consistency qwen x5: vote"] = weighted_vote_marks(samp, lambda c: 1.0)
+            systems["self-consistency qwen x5: confidence-weighted vote"] = weighted_vote_marks(
+                samp, lambda c: math.exp(ConfidenceScorer("c").raw(c) or -50.0))
         fitted = cal.fit(dev_records[set_name], panel, list(MEMBERS))
         conf_only = {"confidence": 1.0, "agreement": 0.0, "cross_likelihood": 0.0}
         systems["best-of: calibrated confidence"] = select_marks(records, panel, conf_only, fitted.calibration)
