@@ -44,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="JSON or JSONL with a question/prompt/messages field")
     run.add_argument("--output", required=True, help="JSONL output, one line per example")
     run.add_argument("--max-examples", type=int)
-    run.add_argument("--resume", action="store_true", help="skip examples already in the output")
+    run.add_argument("--resume", action="store_true",
+                     help="continue a run: keep the output's finished examples, run the rest (failed ones again)")
+    run.add_argument("--overwrite", action="store_true", help="replace an output that already holds results")
     run.add_argument("--full-trace", action="store_true", help="store every candidate's text in the trace")
 
     models = sub.add_parser("models", help="list the configured ensembles and their members")
@@ -115,9 +117,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ensemblehub_core.batch import run_batch
+    from ensemblehub_core.batch import check_paths, run_batch
     from ensemblehub_core.hub import Hub
 
+    # Before any model loads: a run that would lose results or could not write them stops here.
+    check_paths(args.input, args.output, resume=args.resume, overwrite=args.overwrite)
     ens = Hub(args.config).ensemble(args.ensemble)
     bar = tqdm(desc=f"{ens.name}", unit="ex", file=sys.stderr)
 
@@ -128,12 +132,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_batch(ens, args.input, args.output, max_examples=args.max_examples, resume=args.resume,
-                            params=_overrides(args), progress=progress, full_trace=args.full_trace)
+                            overwrite=args.overwrite, params=_overrides(args), progress=progress,
+                            full_trace=args.full_trace)
     finally:
         bar.close()
     print(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped (already in the output) "
           f"in {summary.elapsed_s:.1f}s -> {args.output}")
-    return 1 if summary.failed and not summary.done else 0
+    if summary.failed:
+        print(f"{summary.failed} examples failed (their lines hold the error); fix the cause and rerun with --resume "
+              "to run them again", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

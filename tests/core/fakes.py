@@ -30,3 +30,11 @@ def echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> s
 
 def prefers_steps(request: object, candidate: object) -> float:
     return 1.0 if "Step" in candidate.text or "answer" in candidate.text else 0.0  # type: ignore[attr-defined]
+
+
+def slow_echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`echo` at 20 ms a call: slow enough for a test to kill a batch run between examples."""
+    import time
+
+    time.sleep(0.02)
+    return f"You said: {messages[-1].content}"
