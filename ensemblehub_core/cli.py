@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9876)
-    serve.add_argument("--api-key", help="require this bearer key (or set ENSEMBLEHUB_API_KEY)")
+    serve.add_argument("--api-key", help="require this bearer key; visible to other users in the process list, so "
+                       "prefer --api-key-file or ENSEMBLEHUB_API_KEY")
+    serve.add_argument("--api-key-file", help="require the bearer keys in this file (one per line)")
     return p
 
 
@@ -185,7 +187,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise EnsembleHubError(
             f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'"
         ) from exc
-    serve(config=args.config, host=args.host, port=args.port, api_key=args.api_key)
+    keys = [args.api_key] if args.api_key else []
+    if args.api_key_file:
+        try:
+            text = open(args.api_key_file, encoding="utf-8").read()  # noqa: SIM115 - read in one go
+        except OSError as exc:
+            raise EnsembleHubError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        if not keys:
+            raise EnsembleHubError(f"--api-key-file {args.api_key_file} holds no key; write one key per line")
+    serve(config=args.config, host=args.host, port=args.port, api_key=",".join(keys) or None)
     return 0
 
 
