@@ -69,12 +69,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Core (overhead, growth, quality), token-level, API-member concurrency and server throughput benchmarks.
+# Core (overhead, growth, quality), token-level, API-member concurrency, server throughput and failover benchmarks.
 bench: install
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.token_bench
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench
+	$(BIN)/python -m benchmarks.failover_bench
 
 # vLLM member vs HF member on the same model (prefix caching on and off).
 bench-vllm: vllm-env
