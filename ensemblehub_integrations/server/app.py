@@ -270,6 +270,7 @@ class ServerState:
         lease = self.admission.admit()
         try:
             runner = await self.runner(name)
+            await self._check_prompt_budget(job, runner)
             scorer = _logprobs_member(job, runner) if job.logprobs_requested else None
             if scorer is not None and job.echo:
                 try:
@@ -304,6 +305,30 @@ class ServerState:
         weakref.finalize(body, lease.release)  # a stream that never started still gives its place back
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _check_prompt_budget(self, job: Job, runner: Runner) -> None:
+        """Refuse a prompt over ``server.max_prompt_tokens``, counted with each local member's tokenizer (a
+        member behind HTTP is bounded by its own server), before any of it is computed."""
+        limit = self.settings.max_prompt_tokens
+        if not limit:
+            return
+        def too_long(what: str) -> APIError:
+            return APIError(400, f"the prompt is {what}, longer than this server's limit of {limit} tokens per "
+                            "prompt; shorten it", param=job.prompt_field, code="prompt_too_long")
+
+        for ids in job.prompt_ids:
+            if len(ids) > limit:
+                raise too_long(f"{len(ids)} tokens")
+        counters = [m for m in runner.ensemble.members.values() if getattr(m, "tokenizer", None) is not None
+                    and callable(getattr(m, "encode_prompt", None))]
+        for prompt in job.prompts:
+            for member in counters:
+                try:
+                    n = len(await asyncio.to_thread(member.encode_prompt, prompt))  # type: ignore[attr-defined]
+                except EnsembleHubError as exc:
+                    raise from_engine(exc, prompt_field=job.prompt_field) from exc
+                if n > limit:
+                    raise too_long(f"{n} tokens for member '{member.name}'")
 
     def _track(self, merged: _Merged) -> _Merged:
         """Count a request in flight until it ends, and end it at the request timeout."""

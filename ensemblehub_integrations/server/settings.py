@@ -31,6 +31,7 @@ class ServerSettings:
         max_body_bytes: Largest request body accepted (a larger one gets a 413).
         request_timeout_s: A request still running after this long is stopped (0: never).
         max_tokens: The largest ``max_tokens`` a request may ask for (0: no bound but the context).
+        max_prompt_tokens: The longest prompt, in a local member's tokens (0: no bound but the context).
         header_timeout_s: Deadline for a request's headers (the connection is closed).
         body_timeout_s: Deadline for a request's body (a 408).
         shutdown_grace_s: After SIGTERM, how long requests in flight may run on.
@@ -48,6 +49,7 @@ class ServerSettings:
     max_body_bytes: int = 8 * 2**20
     request_timeout_s: float = 600.0
     max_tokens: int = 0
+    max_prompt_tokens: int = 0
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
@@ -81,6 +83,7 @@ class ServerSettings:
             max_body_bytes=int(s.max_body_mb * 2**20),
             request_timeout_s=s.request_timeout_s,
             max_tokens=s.max_tokens,
+            max_prompt_tokens=s.max_prompt_tokens,
             header_timeout_s=s.header_timeout_s,
             body_timeout_s=s.body_timeout_s,
             shutdown_grace_s=s.shutdown_grace_s,

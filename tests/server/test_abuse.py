@@ -211,3 +211,23 @@ def test_slow_headers_are_cut_and_a_slow_body_gets_a_408(served_cli: str) -> Non
         for s in [*stalled, body]:
             s.close()
     assert httpx2.get(f"{served_cli}/health").status_code == 200
+
+
+@pytest.mark.slow
+def test_prompt_token_budget_is_counted_with_the_members_tokenizer() -> None:
+    cfg = parse_config({"ensembles": {"tiny": {"members": [{"name": "t", "model": "embedded:tiny-random-llama",
+                                                            "prompt_format": "{input}"}],
+                                               "strategy": "single"}},
+                        "server": {"max_prompt_tokens": 40}})
+    with running(create_app(cfg, api_key="")) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a b c"}], max_tokens=2)
+        assert r.choices[0].finish_reason in ("stop", "length")
+        long = " ".join(f"w{i}" for i in range(60))
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": long}], max_tokens=2)
+        assert info.value.body["code"] == "prompt_too_long" and info.value.body["param"] == "messages"
+        assert "limit of 40 tokens" in info.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="tiny", prompt=long, max_tokens=2)
+        assert info.value.body["param"] == "prompt"
