@@ -231,3 +231,33 @@ def test_prompt_token_budget_is_counted_with_the_members_tokenizer() -> None:
         with pytest.raises(openai.BadRequestError) as info:
             client.completions.create(model="tiny", prompt=long, max_tokens=2)
         assert info.value.body["param"] == "prompt"
+
+
+def test_a_config_naming_a_missing_model_is_reported_not_ready(tmp_path: Path) -> None:
+    missing = tmp_path / "secret-dir" / "model.gguf"
+    config = tmp_path / "missing.yaml"
+    config.write_text(yaml.safe_dump({"ensembles": {"m": {"members": [{"name": "x", "model": str(missing)}],
+                                                          "strategy": "single"}}}))
+    port = free_port()
+    proc = subprocess.Popen(_serve_cmd(config, port), env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            try:
+                status = httpx2.get(f"{url}/status", timeout=5)
+            except httpx2.HTTPError:
+                status = None
+            if status is not None and status.json()["status"] == "error":
+                break
+            time.sleep(0.2)
+        assert status.status_code == 503 and "secret-dir" not in status.text
+        health = httpx2.get(f"{url}/health", timeout=5)
+        assert health.status_code == 503 and health.json() == {"status": "error"}
+        r = httpx2.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": Q}, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+        assert "secret-dir" not in r.text
+    finally:
+        stop_process(proc)
