@@ -262,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work-ms", type=float, default=50, help="the fake member's time per answer")
     p.add_argument("--down-s", type=float, default=2.0, help="how long the killed replica stays down")
     args = p.parse_args(argv)
+    # A SIGTERM (a timeout, Ctrl-C's cousin) still stops the replicas and the proxy this run started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("failover.json" if args.member == "fake" else f"failover-{args.member}.json")
