@@ -261,3 +261,28 @@ def test_a_config_naming_a_missing_model_is_reported_not_ready(tmp_path: Path) -
         assert "secret-dir" not in r.text
     finally:
         stop_process(proc)
+
+
+SURROGATE_BODIES = [
+    '{"model":"echo","messages":[{"role":"user","content":"hi","name":"\\ud800"}]}',
+    '{"model":"echo","messages":[{"role":"user","content":[{"type":"text","text":"\\udbff"}]}]}',
+    '{"model":"echo","messages":[{"role":"\\ud800","content":"hi"}]}',
+    '{"model":"echo","messages":[{"role":"user","content":"hi"}],"user":"\\ud800"}',
+    '{"model":"echo","messages":[{"role":"user","content":"hi"}],"tool_choice":"\\ud800",'
+    '"tools":[{"type":"function","function":{"name":"f\\ud800"}}]}',
+    '{"model":"echo","messages":[{"role":"user","content":"hi"}],"\\ud800":1}',
+    '{"model":"echo","prompt":"\\ud800"}',
+    '{"model":"nope\\ud800","prompt":"x"}',
+]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("body", SURROGATE_BODIES)
+def test_surrogates_anywhere_never_get_a_5xx(http: Any, body: str, stream: bool) -> None:
+    data = json.loads(body)
+    data["stream"] = stream
+    raw = json.dumps(data)  # escapes the surrogates again, as a client would send them
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        r = raw_post(http, path, raw)
+        assert r.status_code < 500, r.text
+        assert "Traceback" not in r.text
