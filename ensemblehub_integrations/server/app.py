@@ -273,8 +273,13 @@ class ServerState:
             await self._check_prompt_budget(job, runner)
             scorer = _logprobs_member(job, runner) if job.logprobs_requested else None
             if scorer is not None and job.echo:
+                timeout = self.settings.request_timeout_s or None
                 try:
-                    return JSONResponse(await self._score_prompts(job, scorer, runner))
+                    return JSONResponse(await asyncio.wait_for(self._score_prompts(job, scorer, runner), timeout))
+                except TimeoutError:
+                    # The forward pass already running finishes in its thread; the client is answered now.
+                    raise APIError(504, f"scoring the prompt took longer than the server's limit of {timeout:g} s; "
+                                   "send shorter prompts, or raise server.request_timeout_s", code="timeout") from None
                 finally:
                     lease.release()
             merged = self._track(_Merged([runner.stream(p, params) for p, params in self._runs(job, runner)]))

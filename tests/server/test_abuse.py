@@ -286,3 +286,34 @@ def test_surrogates_anywhere_never_get_a_5xx(http: Any, body: str, stream: bool)
         r = raw_post(http, path, raw)
         assert r.status_code < 500, r.text
         assert "Traceback" not in r.text
+
+
+def build_slow_scorer(cfg: object, ctx: object) -> Any:
+    """A member that scores prompts in 3 s (a long prompt on a slow CPU)."""
+    from ensemblehub_core.generators.function import FunctionGenerator
+    from ensemblehub_core.types import TokenLogprob
+
+    class Slow(FunctionGenerator):
+        supports_answer_logprobs = True
+
+        def score_prompt(self, prompt: Any, top_k: int = 0, *, extend: bool = False) -> list[TokenLogprob]:
+            time.sleep(3)
+            return [TokenLogprob(token="a", logprob=None), TokenLogprob(token="b", logprob=-1.0)]
+
+    return Slow(getattr(cfg, "name", "slow"), lambda *_: "x")
+
+
+def test_request_timeout_covers_prompt_scoring() -> None:
+    from ensemblehub_core.registry import register
+
+    register("backend", "slow-scorer", "tests.server.test_abuse:build_slow_scorer")
+    cfg = parse_config({"ensembles": {"sc": {"members": [{"name": "s", "backend": "slow-scorer"}],
+                                             "strategy": "single"}},
+                        "server": {"request_timeout_s": 0.5}})
+    with running(create_app(cfg, api_key="")) as served:
+        started = time.monotonic()
+        r = httpx2.post(f"{served.url}/v1/completions", timeout=30,
+                        json={"model": "sc", "prompt": "x", "echo": True, "logprobs": 1, "max_tokens": 1})
+        assert_error(r, 504, code="timeout")
+        assert time.monotonic() - started < 2.5
+        assert served.state.admission.active == 0
