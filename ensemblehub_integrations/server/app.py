@@ -317,6 +317,7 @@ class ServerState:
         limit = self.settings.max_prompt_tokens
         if not limit:
             return
+
         def too_long(what: str) -> APIError:
             return APIError(400, f"the prompt is {what}, longer than this server's limit of {limit} tokens per "
                             "prompt; shorten it", param=job.prompt_field, code="prompt_too_long")
