@@ -181,3 +181,24 @@ def test_kill_9_at_several_points_then_resume_keeps_every_id_once(tmp_path: Path
     ids = [str(row["id"]) for row in rows]
     assert sorted(ids) == sorted(f"ex{i}" for i in range(n))  # each id exactly once
     assert all(row["text"] == f"You said: q{row['id'][2:]}" for row in rows)
+
+
+def test_a_crash_during_the_resume_rewrite_leaves_the_old_output(tmp_path: Path, config_file: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data = write_jsonl(tmp_path / "d.jsonl", [{"id": str(i), "question": f"q{i}"} for i in range(3)])
+    out = tmp_path / "o.jsonl"
+    ens = Hub(config_file).ensemble("echo")
+    run_batch(ens, data, out, max_examples=2)
+    before = out.read_bytes()
+
+    def crash(*_: object) -> None:
+        raise KeyboardInterrupt  # the process is stopped between writing the new file and renaming it
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(ens, data, out, resume=True)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o.jsonl")] == []  # no temporary file left
+    monkeypatch.undo()
+    assert run_batch(ens, data, out, resume=True).done == 1
+    assert sorted(str(r["id"]) for r in lines(out)) == ["0", "1", "2"]
