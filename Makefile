@@ -76,12 +76,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Core (overhead, growth, quality), token-level, API-member concurrency and server throughput benchmarks.
+# Quality, core (overhead, growth), token-level, API-member concurrency, server throughput and failover benchmarks.
 bench: install bench-quality
 	$(BIN)/python -m benchmarks.run --only overhead --only growth
 	$(BIN)/python -m benchmarks.token_bench
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench
+	$(BIN)/python -m benchmarks.failover_bench
 
 # Each member alone vs the ensembles on dev/test splits (calibrated on dev, reported on test), paired statistics.
 bench-quality: install

@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="JSON or JSONL with a question/prompt/messages field")
     run.add_argument("--output", required=True, help="JSONL output, one line per example")
     run.add_argument("--max-examples", type=int)
-    run.add_argument("--resume", action="store_true", help="skip examples already in the output")
+    run.add_argument("--resume", action="store_true",
+                     help="continue a run: keep the output's finished examples, run the rest (failed ones again)")
+    run.add_argument("--overwrite", action="store_true", help="replace an output that already holds results")
     run.add_argument("--full-trace", action="store_true", help="store every candidate's text in the trace")
 
     cal = sub.add_parser("calibrate", help="fit per-member confidence calibration and panel weights on a dev set")
@@ -68,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9876)
-    serve.add_argument("--api-key", help="require this bearer key (or set ENSEMBLEHUB_API_KEY)")
+    serve.add_argument("--api-key", help="require this bearer key; visible to other users in the process list, so "
+                       "prefer --api-key-file or ENSEMBLEHUB_API_KEY")
+    serve.add_argument("--api-key-file", help="require the bearer keys in this file (one per line)")
     return p
 
 
@@ -124,9 +128,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ensemblehub_core.batch import run_batch
+    from ensemblehub_core.batch import check_paths, run_batch
     from ensemblehub_core.hub import Hub
 
+    # Before any model loads: a run that would lose results or could not write them stops here.
+    check_paths(args.input, args.output, resume=args.resume, overwrite=args.overwrite)
     ens = Hub(args.config).ensemble(args.ensemble)
     bar = tqdm(desc=f"{ens.name}", unit="ex", file=sys.stderr)
 
@@ -137,12 +143,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_batch(ens, args.input, args.output, max_examples=args.max_examples, resume=args.resume,
-                            params=_overrides(args), progress=progress, full_trace=args.full_trace)
+                            overwrite=args.overwrite, params=_overrides(args), progress=progress,
+                            full_trace=args.full_trace)
     finally:
         bar.close()
     print(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped (already in the output) "
           f"in {summary.elapsed_s:.1f}s -> {args.output}")
-    return 1 if summary.failed and not summary.done else 0
+    if summary.failed:
+        print(f"{summary.failed} examples failed (their lines hold the error); fix the cause and rerun with --resume "
+              "to run them again", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -246,7 +257,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise EnsembleHubError(
             f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'"
         ) from exc
-    serve(config=args.config, host=args.host, port=args.port, api_key=args.api_key)
+    keys = [args.api_key] if args.api_key else []
+    if args.api_key_file:
+        try:
+            text = open(args.api_key_file, encoding="utf-8").read()  # noqa: SIM115 - read in one go
+        except OSError as exc:
+            raise EnsembleHubError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        if not keys:
+            raise EnsembleHubError(f"--api-key-file {args.api_key_file} holds no key; write one key per line")
+    serve(config=args.config, host=args.host, port=args.port, api_key=",".join(keys) or None)
     return 0
 
 

@@ -45,3 +45,11 @@ def adds_right(messages: Sequence[Message], prefix: str, request: SegmentRequest
 
 def adds_wrong(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
     return f"The answer is {_sum(messages) + 1}."
+
+
+def slow_echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`echo` at 20 ms a call: slow enough for a test to kill a batch run between examples."""
+    import time
+
+    time.sleep(0.02)
+    return f"You said: {messages[-1].content}"
