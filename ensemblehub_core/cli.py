@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=9876)
     serve.add_argument("--api-key", help="require this bearer key; visible to other users in the process list, so "
                        "prefer --api-key-file or ENSEMBLEHUB_API_KEY")
+    serve.add_argument("--no-ui", action="store_true", help="do not serve the browser page at /ui")
     serve.add_argument("--api-key-file", help="require the bearer keys in this file (one per line)")
     return p
 
@@ -266,7 +267,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         keys += [line.strip() for line in text.splitlines() if line.strip()]
         if not keys:
             raise EnsembleHubError(f"--api-key-file {args.api_key_file} holds no key; write one key per line")
-    serve(config=args.config, host=args.host, port=args.port, api_key=",".join(keys) or None)
+    serve(config=args.config, host=args.host, port=args.port, api_key=",".join(keys) or None,
+          ui=False if args.no_ui else None)
     return 0
 
 

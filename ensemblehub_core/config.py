@@ -207,6 +207,8 @@ class ServerConfig(_Strict):
         header_timeout_s: A connection whose request headers have not all arrived after this long is closed.
         body_timeout_s: A request whose body has not all arrived after this long gets a 408.
         shutdown_grace_s: After SIGTERM, how long requests in flight may run on before they are ended.
+        ui: Serve the browser page at ``/ui`` (a live trace viewer and a run comparer; it calls the API with
+            the key its user types).
     """
 
     api_keys: list[str] = Field(default_factory=list)
@@ -223,6 +225,7 @@ class ServerConfig(_Strict):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    ui: bool = True
 
 
 class HubConfig(_Strict):

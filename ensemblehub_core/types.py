@@ -150,6 +150,7 @@ class RoundTrace:
         """The full record, JSON-able."""
         return {
             **self.summary(),
+            **({"winner_index": self.winner_index} if self.winner_index is not None else {}),
             "accepted_text": self.accepted_text,
             "candidates": [
                 {

@@ -26,6 +26,7 @@ def serve(
     port: int = 9876,
     api_key: str | None = None,
     log_level: str = "info",
+    ui: bool | None = None,
 ) -> None:
     """Run the server with uvicorn until interrupted (``ensemblehub serve``).
 
@@ -39,6 +40,7 @@ def serve(
         api_key: Require this bearer key (ENSEMBLEHUB_API_KEY and the config's ``server.api_keys`` count
             too).
         log_level: uvicorn's log level.
+        ui: Serve the browser page at ``/ui`` (default: the config's ``server.ui``, on).
 
     Raises:
         EnsembleHubError: the address cannot be bound (a port out of range or in use).
@@ -49,7 +51,7 @@ def serve(
 
     sock = bind(host, port)
     try:
-        app = create_app(config, api_key=api_key)
+        app = create_app(config, api_key=api_key, ui=ui)
         settings = app.state.server.settings
         # One worker process: the models live in this process's memory and are shared by all requests.
         cfg = uvicorn.Config(app, log_level=log_level, http=guarded_protocol(settings.header_timeout_s),

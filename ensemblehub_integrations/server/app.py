@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 
 from ensemblehub_core._text import redact_userinfo
 from ensemblehub_core.config import HubConfig
@@ -62,6 +63,8 @@ from ensemblehub_integrations.server.settings import CONFIG_ENV, ServerSettings
 __all__ = ["ServerState", "app_from_env", "create_app"]
 
 log = logging.getLogger("ensemblehub.server")
+#: The browser page served at ``/ui`` (plain HTML, CSS and JavaScript; no build step).
+UI_DIR = Path(__file__).parent / "ui"
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
@@ -500,6 +503,7 @@ def create_app(
     *,
     api_key: str | None = None,
     settings: ServerSettings | None = None,
+    ui: bool | None = None,
 ) -> FastAPI:
     """Build the OpenAI-compatible app over a config's ensembles.
 
@@ -508,9 +512,12 @@ def create_app(
         api_key: A bearer key to require, in addition to the config's ``server.api_keys`` and the
             ``ENSEMBLEHUB_API_KEY`` environment variable.
         settings: Explicit settings (default: from the config's ``server:`` section).
+        ui: Serve the browser page at ``/ui`` (default: the settings' ``ui``, on unless the config turns it off).
     """
     hub = _hub(config)
     state = ServerState(hub, settings or ServerSettings.from_config(hub.config, api_key=api_key))
+    if ui is not None:
+        state.settings.ui = ui
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -587,6 +594,9 @@ def create_app(
         _log_ignored(body.model_extra)
         return await state.respond(completion_job(body), request)
 
+    if state.settings.ui:
+        # Static files only: the page calls the API above with the key its user types, so it needs no key itself.
+        app.mount("/ui", StaticFiles(directory=UI_DIR, html=True), name="ui")
     return app
 
 

@@ -13,6 +13,9 @@ from ensemblehub_integrations.server.protocol import Job
 
 __all__ = ["Renderer", "sse"]
 
+#: How a response-level strategy decided (its vote table, ranking, extracted answers), added to the trace.
+_DECISIONS = ("votes", "ranking", "answers", "winner_answer")
+
 
 def sse(data: dict[str, Any] | str) -> bytes:
     """One server-sent event carrying ``data`` (a JSON object, or a literal such as ``[DONE]``)."""
@@ -91,6 +94,7 @@ class Renderer:
             "index": index, "ensemble": result.ensemble, "strategy": result.strategy,
             "elapsed_s": round(result.elapsed_s, 3), "member_tokens": dict(result.usage.member_tokens),
             "rounds": [r.to_dict() if full else r.summary() for r in result.trace],
+            **{k: result.extra[k] for k in _DECISIONS if k in result.extra},
         }
 
     # -- stream chunks -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class ServerSettings:
         header_timeout_s: Deadline for a request's headers (the connection is closed).
         body_timeout_s: Deadline for a request's body (a 408).
         shutdown_grace_s: After SIGTERM, how long requests in flight may run on.
+        ui: Serve the browser page at ``/ui``.
         prime_s: How long a streamed request waits for its first event before the response starts, so that
             an error found at once (a prompt longer than the context) is an HTTP error, not an error event.
     """
@@ -53,6 +54,7 @@ class ServerSettings:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
+    ui: bool = True
     prime_s: float = 0.05
 
     @classmethod
@@ -87,4 +89,5 @@ class ServerSettings:
             header_timeout_s=s.header_timeout_s,
             body_timeout_s=s.body_timeout_s,
             shutdown_grace_s=s.shutdown_grace_s,
+            ui=s.ui,
         )

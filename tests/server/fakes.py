@@ -131,3 +131,15 @@ def weather_agent(messages: Sequence[Message], prefix: str, request: SegmentRequ
     if last.role == "tool":
         return f"The weather in Paris: {last.content}."
     return '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+async def paced_steps(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`steps`, 0.3 s a call: a page watching the stream sees the rounds arrive one at a time."""
+    await asyncio.sleep(0.3)
+    return steps(messages, prefix, request)
+
+
+async def paced_echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`echo`, 0.3 s a call."""
+    await asyncio.sleep(0.3)
+    return echo(messages, prefix, request)
