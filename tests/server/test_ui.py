@@ -29,6 +29,11 @@ PACED = {
         "scorer": {"type": "function", "options": {"fn": "tests.server.fakes:longest"}},
         "strategy": {"name": "segment", "segment_tokens": 8},
     },
+    "voters": {
+        "description": "three fake members; two say Paris",
+        "members": [fn_member("one", "capital"), fn_member("two", "capital"), fn_member("three", "echo")],
+        "strategy": "vote",
+    },
 }
 
 
@@ -149,6 +154,23 @@ def test_rounds_arrive_one_by_one_and_match_the_api_trace(browser: Any, ui_serve
     usage = {r.find_elements("css selector", "td")[0].text: r.find_elements("css selector", "td")[1].text
              for r in css(browser, "#usage tr")[1:]}
     assert usage["stepper"] == str(body["usage"]["member_tokens"]["stepper"])
+
+
+def test_a_vote_shows_its_table(browser: Any, ui_server: Served) -> None:
+    import httpx2
+
+    body = httpx2.post(f"{ui_server.url}/v1/chat/completions", timeout=30, json={
+        "model": "voters", "messages": [{"role": "user", "content": "France?"}], "ensemble_trace": True}).json()
+    votes = body["ensemble_trace"][0]["votes"]
+    assert votes[0]["count"] == 2 and sorted(votes[0]["members"]) == ["one", "two"]
+    open_page(browser, ui_server.url)
+    pick(browser, "voters")
+    browser.find_element("id", "ask").click()
+    wait_for(browser, lambda b: status(b).startswith("done"))
+    rows = css(browser, "#votes tr")[1:]
+    assert [r.find_elements("css selector", "td")[1].text for r in rows] == [str(v["count"]) for v in votes]
+    (card,) = css(browser, "#rounds .round")
+    assert len(card.find_elements("css selector", ".candidate")) == 3
 
 
 def run_rows(system: str, answers: dict[str, str]) -> list[dict[str, Any]]:
