@@ -133,7 +133,9 @@ def test_rounds_arrive_one_by_one_and_match_the_api_trace(browser: Any, ui_serve
     assert len(rounds) >= 3 and len(cards) == len(rounds)
     times = browser.execute_script("return window.roundTimes")
     assert len(times) == len(rounds)
-    assert all(b - a > 150 for a, b in itertools.pairwise(times)), times  # 0.3 s a round, one by one
+    # 0.3 s a round: the cards come one at a time, not together at the end (a loaded machine may delay one).
+    assert all(b > a for a, b in itertools.pairwise(times)), times
+    assert times[-1] - times[0] > 150 * (len(times) - 1), times
     for card, api in zip(cards, rounds, strict=True):
         assert card.get_attribute("data-winner") == api["winner"]
         columns = card.find_elements("css selector", ".candidate")
