@@ -27,7 +27,7 @@ from ensemblehub_core.strategies.select import select_members, selection_of
 from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
 from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
 
-__all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "to_messages"]
+__all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "split_final_message", "to_messages"]
 
 PromptLike = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
@@ -94,6 +94,26 @@ def _call_for_template(i: int, call: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": call.get("id"), "type": "function", "function": function}
 
 
+def split_final_message(messages: list[Message]) -> tuple[list[Message], str]:
+    """The conversation before a final assistant message, and that message's text (the answer's start).
+
+    Raises:
+        InputError: the conversation does not end with an assistant message to continue.
+    """
+    last = messages[-1]
+    if last.role != "assistant" or last.tool_calls:
+        raise InputError(
+            f"continue_final_message needs the conversation to end with an assistant message whose text is "
+            f"continued; the last message is a '{last.role}' message"
+            + (" with tool calls" if last.tool_calls else "")
+            + "; add the assistant's partial answer last, or leave continue_final_message out"
+        )
+    if len(messages) == 1:
+        raise InputError("continue_final_message: the conversation holds only the assistant's partial answer; "
+                         "put the user's message before it")
+    return messages[:-1], last.content
+
+
 class Ensemble:
     """Several generators answering together under one strategy.
 
@@ -143,18 +163,32 @@ class Ensemble:
         self.name = name
 
     # -- async core -----------------------------------------------------------------------------------------
-    async def astream(self, prompt: PromptLike, **params: Any) -> AsyncIterator[EnsembleChunk]:
+    async def astream(
+        self, prompt: PromptLike, *, continue_final_message: bool = False, **params: Any
+    ) -> AsyncIterator[EnsembleChunk]:
         """Yield each round's accepted text as it is decided, then a final chunk carrying the result.
 
         Keyword arguments override generation defaults: ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
         ``seed``, ``tools``, ``tool_choice``. With tools, text that may be a tool call is held back from the
         chunks; the calls are on the result (``result.tool_calls``).
+
+        Args:
+            prompt: A question, a message, or a conversation.
+            continue_final_message: The conversation ends with an assistant message that is the start of the
+                answer: every member continues that text (as vLLM's ``continue_final_message``) instead of
+                starting a new turn. The result holds only the new text.
+            **params: Generation overrides (see above).
         """
         gen_params = self._params(params)
         spec = ToolSpec.from_params(gen_params.tools, gen_params.tool_choice)
         calls = ToolCallFilter(spec) if spec is not None else None
+        messages = to_messages(prompt)
+        prefix = ""
+        if continue_final_message:
+            messages, prefix = split_final_message(messages)
         ctx = RunContext(
-            messages=to_messages(prompt),
+            messages=messages,
+            prefix=prefix,
             params=gen_params,
             members=self.members,
             panel=self.panel,
@@ -188,7 +222,7 @@ class Ensemble:
         yield EnsembleChunk(text="", result=result)
 
     async def agenerate(self, prompt: PromptLike, **params: Any) -> EnsembleResult:
-        """Run to completion and return the answer with usage and trace."""
+        """Run to completion and return the answer with usage and trace (arguments as `astream`)."""
         result: EnsembleResult | None = None
         async for chunk in self.astream(prompt, **params):
             result = chunk.result or result

@@ -11,9 +11,9 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -23,7 +23,13 @@ from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.strategies.select import SelectParams
 from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTrace
 
-__all__ = ["MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates"]
+if TYPE_CHECKING:
+    from ensemblehub_core.generators.tokens import TokenSession
+
+__all__ = [
+    "MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates", "open_session",
+    "open_token_session",
+]
 
 
 class StrategyParams(BaseModel):
@@ -58,6 +64,9 @@ class RunContext:
     rng: random.Random = field(default_factory=random.Random)
     #: Every configured member, when a selection step narrowed ``members`` (roles like a judge resolve here).
     all_members: Mapping[str, Generator] = field(default_factory=dict)
+    #: The start of the answer, given by the caller (a final assistant message to continue); every member
+    #: continues it, and it is not part of the result's text.
+    prefix: str = ""
     # outcome, set by the strategy
     finish_reason: str = "length"
     prompt_tokens: int = 0
@@ -80,6 +89,24 @@ class Strategy(ABC):
     @abstractmethod
     def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         """Yield one trace per round (an async generator)."""
+
+
+def open_session(
+    gen: Generator, ctx: RunContext, messages: Sequence[Message] | None = None, **kwargs: Any
+) -> GeneratorSession:
+    """``gen``'s session on ``messages`` (default: the run's conversation), already past ``ctx.prefix``."""
+    session = gen.open_session(list(ctx.messages if messages is None else messages), **kwargs)
+    if ctx.prefix:
+        session.accept(ctx.prefix)
+    return session
+
+
+def open_token_session(gen: Generator, ctx: RunContext) -> TokenSession:
+    """``gen``'s token-level session on the run's conversation, already past ``ctx.prefix``."""
+    session = gen.open_token_session(ctx.messages)
+    if ctx.prefix:
+        session.append(ctx.prefix.encode())
+    return session
 
 
 async def _call_with_policy(

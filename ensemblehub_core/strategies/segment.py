@@ -20,7 +20,14 @@ from ensemblehub_core._text import cut_text, is_repetitive
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, gather_candidates, now
+from ensemblehub_core.strategies.base import (
+    RunContext,
+    Strategy,
+    StrategyParams,
+    gather_candidates,
+    now,
+    open_session,
+)
 from ensemblehub_core.types import Candidate, RoundTrace
 
 __all__ = ["RandomStrategy", "SegmentParams", "SegmentStrategy", "SingleParams", "SingleStrategy"]
@@ -68,7 +75,7 @@ class SegmentStrategy(Strategy):
             trace.scores = [None] * len(cands)
             return 0
         result = await ctx.panel.score(
-            ScoreRequest(messages=ctx.messages, prefix=prefix, candidates=cands, state=state)
+            ScoreRequest(messages=ctx.messages, prefix=ctx.prefix + prefix, candidates=cands, state=state)
         )
         trace.scores, trace.scorer_scores = result.combined, result.by_scorer
         best = best_index(result.combined)
@@ -76,7 +83,7 @@ class SegmentStrategy(Strategy):
 
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         p = self.params
-        sessions = {n: g.open_session(ctx.messages, incremental=p.incremental) for n, g in ctx.members.items()}
+        sessions = {n: open_session(g, ctx, incremental=p.incremental) for n, g in ctx.members.items()}
         state: dict[object, object] = {}
         accepted: list[str] = []
         text, used = "", 0
@@ -169,7 +176,7 @@ class SingleStrategy(Strategy):
 
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         name = self.params.member or next(iter(ctx.members))
-        session = ctx.members[name].open_session(ctx.messages)
+        session = open_session(ctx.members[name], ctx)
         request = SegmentRequest(
             max_new_tokens=ctx.params.max_tokens,
             stop=ctx.params.stop,

@@ -394,6 +394,9 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
                      "token; send max_tokens 1", param="max_tokens")
     if job.params.get("tools"):
         raise refuse("answers that may call tools are not scored; ask without 'tools'", param="tools")
+    if job.params.get("continue_final_message"):
+        raise refuse("continued messages are not scored; ask without 'continue_final_message'",
+                     param="continue_final_message")
     return member
 
 

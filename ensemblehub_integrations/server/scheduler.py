@@ -122,6 +122,11 @@ def _alone(params: dict[str, Any], p: GenerationParams) -> bool:
     return bool(params.get("tools")) or (p.temperature > 0 and p.seed is not None)
 
 
+def _engine_only(params: dict[str, Any]) -> bool:
+    """Requests only the engine runs: tools (the prompt changes, calls are parsed) and continued messages."""
+    return bool(params.get("tools") or params.get("continue_final_message"))
+
+
 class ContinuousRunner(Runner):
     """A ``single`` ensemble whose member admits requests into its running batch between decode steps."""
 
@@ -138,11 +143,11 @@ class ContinuousRunner(Runner):
         return list(getattr(self.batcher, "peaks", ()))
 
     async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
-        p = _generation_params(self.ensemble, params)
-        if _alone(params, p):
+        if _engine_only(params) or _alone(params, _generation_params(self.ensemble, params)):
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk
             return
+        p = _generation_params(self.ensemble, params)
         request = SegmentRequest(max_new_tokens=p.max_tokens, stop=p.stop, temperature=p.temperature,
                                  top_p=p.top_p, seed=p.seed)
         timeout = self.ensemble.policy.timeout_s
@@ -206,7 +211,7 @@ class BatchingRunner(Runner):
         self.batches: list[int] = []  # sizes of the batches run, for stats and tests
 
     async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
-        if params.get("tools"):
+        if _engine_only(params):
             # Tools change each member's prompt and need the engine's call parsing: no batching for them.
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk
