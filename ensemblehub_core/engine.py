@@ -20,9 +20,8 @@ from typing import Any
 from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.exceptions import ConfigError, InputError
 from ensemblehub_core.generators.base import Generator
-from ensemblehub_core.registry import resolve
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
-from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy
+from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy, make_strategy
 from ensemblehub_core.strategies.select import select_members, selection_of
 from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
 from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
@@ -114,6 +113,32 @@ def split_final_message(messages: list[Message]) -> tuple[list[Message], str]:
     return messages[:-1], last.content
 
 
+_NUMBER = (int, float)
+#: The type each generation parameter must have (None is always allowed: the default is kept).
+_PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "max_tokens": ((int,), "an integer"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "seed": ((int,), "an integer"),
+    "stop": ((str, list, tuple), "a string or a list of strings"),
+    "tools": ((list, tuple), "a list of tools"),
+    "tool_choice": ((str, dict), "a string or an object"),
+}
+
+
+def _check_types(params: Mapping[str, Any]) -> None:
+    """Refuse a generation parameter of the wrong type with a message naming it (not a TypeError later)."""
+    for key, value in params.items():
+        if value is None or key not in _PARAM_TYPES:
+            continue
+        types, what = _PARAM_TYPES[key]
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and key == "stop" and not isinstance(value, str):
+            ok = all(isinstance(s, str) for s in value)
+        if not ok:
+            raise InputError(f"{key} must be {what}, got {type(value).__name__} {value!r}")
+
+
 class Ensemble:
     """Several generators answering together under one strategy.
 
@@ -150,11 +175,7 @@ class Ensemble:
             raise ConfigError("an ensemble needs at least one member")
         self.panel = ScoringPanel([(scorer, 1.0)]) if isinstance(scorer, Scorer) else scorer
         if isinstance(strategy, str):
-            cls = resolve("strategy", strategy)
-            try:
-                self.strategy: Strategy = cls(cls.Params(**(strategy_params or {})))
-            except ValueError as exc:  # pydantic's ValidationError
-                raise ConfigError(f"invalid parameters for strategy '{strategy}': {exc}") from None
+            self.strategy: Strategy = make_strategy(strategy, strategy_params)
         else:
             self.strategy = strategy
         self.strategy.check(self.members, self.panel)
@@ -244,6 +265,7 @@ class Ensemble:
         unknown = set(overrides) - allowed
         if unknown:
             raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        _check_types(overrides)
         stop = overrides.get("stop")
         merged = self.defaults.merged(**{**overrides, "stop": [stop] if isinstance(stop, str) else stop})
         if merged.max_tokens <= 0:

@@ -48,7 +48,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.engine import Ensemble, EnsembleChunk
@@ -69,6 +69,8 @@ _ENGINE_KWARGS = ("temperature", "max_tokens", "top_p", "seed", "tools", "tool_c
 #: Call keyword arguments handled here rather than by the engine.
 _FACE_KWARGS = ("model", "timeout", "max_retries", "stream", "ls_structured_output_format", "parallel_tool_calls")
 _RETRYABLE = (AllMembersFailed, GeneratorError)
+#: ChatOpenAI's names for our fields, accepted so that code written for it keeps working.
+_ALIASES = {"model_name": "model", "max_completion_tokens": "max_tokens"}
 #: Content blocks that are not text for the model: calls travel in `AIMessage.tool_calls`, and a provider's
 #: reasoning is not part of the conversation.
 _SKIPPED_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning", "thinking"})
@@ -167,6 +169,32 @@ class ChatEnsemble(BaseChatModel):
 
     _hub: Hub | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, values: Any) -> Any:
+        """Refuse misspelt or unsupported arguments (pydantic would drop them silently); map ChatOpenAI's names
+        (``model_name``, ``max_completion_tokens``) onto ours."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for alias, name in _ALIASES.items():
+            if alias in values:
+                value = values.pop(alias)
+                if values.get(name) is not None and value is not None and values[name] != value:
+                    raise ValueError(f"ChatEnsemble got both {name}={values[name]!r} and {alias}={value!r}; "
+                                     f"pass one ({alias} is another name for {name})")
+                values[name] = value if value is not None else values.get(name)
+        if values.get("model_kwargs"):
+            raise ValueError("ChatEnsemble takes no model_kwargs: pass temperature, max_tokens, top_p, seed and "
+                             "stop as arguments; members' own settings go in the ensemble's config")
+        values.pop("model_kwargs", None)
+        allowed = set(cls.model_fields)
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"ChatEnsemble got unknown argument(s) {', '.join(unknown)}; allowed: "
+                             f"{', '.join(sorted(allowed | set(_ALIASES)))}")
+        return values
+
     @classmethod
     def from_members(
         cls,
@@ -221,10 +249,16 @@ class ChatEnsemble(BaseChatModel):
                 made), or a tool's name (that tool must be called).
             **kwargs: Further call parameters to bind.
         """
+        strict = kwargs.pop("strict", None)
+        if strict:
+            raise InputError("bind_tools(strict=True) is not available: ensemble members are not constrained to a "
+                             "tool's JSON schema; leave strict out (calls are still checked to be JSON objects "
+                             "naming an offered tool)")
         formatted = [convert_to_openai_tool(t) for t in tools]
         ToolSpec.from_params(formatted, tool_choice)  # fail at bind time, not at the first call
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
+        _check_call_kwargs(kwargs)
         return super().bind(tools=formatted, **kwargs)
 
     def _generate(
@@ -303,12 +337,7 @@ class ChatEnsemble(BaseChatModel):
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[Ensemble, list[Message], dict[str, Any], float | None, int]:
         """Everything one call needs: the ensemble, its messages, engine parameters, timeout and retries."""
-        unknown = set(kwargs) - set(_ENGINE_KWARGS) - set(_FACE_KWARGS)
-        if unknown:
-            raise InputError(
-                f"ChatEnsemble got unsupported call parameter(s) {sorted(unknown)}; "
-                f"supported: {', '.join(sorted((*_ENGINE_KWARGS, *_FACE_KWARGS, 'stop')))}"
-            )
+        _check_call_kwargs(kwargs)
         params: dict[str, Any] = {
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -368,6 +397,15 @@ class ChatEnsemble(BaseChatModel):
                 attempt += 1
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _check_call_kwargs(kwargs: Mapping[str, Any]) -> None:
+    unknown = set(kwargs) - set(_ENGINE_KWARGS) - set(_FACE_KWARGS)
+    if unknown:
+        raise InputError(
+            f"ChatEnsemble got unsupported call parameter(s) {sorted(unknown)}; "
+            f"supported: {', '.join(sorted((*_ENGINE_KWARGS, *_FACE_KWARGS, 'stop')))}"
+        )
 
 
 # -- results ------------------------------------------------------------------------------------------------

@@ -153,6 +153,14 @@ class EnsembleLLM(CustomLLM):
             raise _error(exc) from exc
 
     # -- helpers ----------------------------------------------------------------------------------------------
+    def _ensemble_name(self, model: str) -> str:
+        """The ensemble a model string names; ``ensemble/`` with no name is refused, not the default."""
+        name = model.removeprefix(f"{self.provider}/").strip()
+        if not name or name == self.provider:
+            raise InputError(f"model '{model}' names no ensemble; use '{self.provider}/<name>', one of: "
+                             f"{', '.join(self.names())}")
+        return name
+
     def _prepare(
         self, model: str, messages: list[Any], kwargs: Mapping[str, Any]
     ) -> tuple[Ensemble, list[Any], dict[str, Any], float | None]:
@@ -160,7 +168,7 @@ class EnsembleLLM(CustomLLM):
         optional = dict(kwargs.get("optional_params") or {})
         try:
             params = _engine_params(optional)
-            ens = self.hub.ensemble(model.removeprefix(f"{self.provider}/"))
+            ens = self.hub.ensemble(self._ensemble_name(model))
             msgs = to_messages([dict(m) for m in messages])
         except EnsembleHubError as exc:
             raise _error(exc) from exc

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ensemblehub_core.exceptions import AllMembersFailed, EnsembleHubError, GeneratorError
+from ensemblehub_core.exceptions import AllMembersFailed, ConfigError, EnsembleHubError, GeneratorError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.strategies.select import SelectParams
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
 
 __all__ = [
-    "MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates", "open_session",
-    "open_token_session",
+    "MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates", "make_strategy",
+    "open_session", "open_token_session",
 ]
 
 
@@ -107,6 +107,32 @@ def open_token_session(gen: Generator, ctx: RunContext) -> TokenSession:
     if ctx.prefix:
         session.append(ctx.prefix.encode())
     return session
+
+
+def make_strategy(name: str, params: Mapping[str, Any] | None, where: str = "") -> Strategy:
+    """The registered strategy ``name`` with its parameters checked.
+
+    Args:
+        name: A registered strategy.
+        params: Its parameters.
+        where: Where they were given, for the message (e.g. ``ensembles.trio.strategy``).
+
+    Raises:
+        ConfigError: a parameter is unknown or has a wrong value; the message names each one, as config
+            errors do.
+    """
+    from pydantic import ValidationError
+
+    from ensemblehub_core.config import error_lines
+    from ensemblehub_core.registry import resolve
+
+    cls: type[Strategy] = resolve("strategy", name)
+    try:
+        return cls(cls.Params(**(params or {})))
+    except ValidationError as exc:
+        allowed = sorted(cls.Params.model_fields)
+        lines = error_lines(exc, prefix=f"{where or 'strategy'}.", allowed=allowed)
+        raise ConfigError(f"invalid parameters for strategy '{name}':\n" + "\n".join(lines)) from None
 
 
 async def _call_with_policy(
