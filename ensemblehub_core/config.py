@@ -155,11 +155,15 @@ class StrategyConfig(BaseModel):
 
 
 class PolicyConfig(_Strict):
-    """How members are called: timeout per call, retries with exponential backoff."""
+    """How members are called: timeout per call, retries with exponential backoff, and the circuit breaker
+    (``max_failures`` failures skip a member for the rest of a request, and ``max_failures`` in a row for
+    ``cooldown_s`` seconds of new requests; see `ensemblehub_core.strategies.breaker`)."""
 
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
+    max_failures: int | None = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=0.0, ge=0)
 
 
 class EnsembleConfig(_Strict):

@@ -11,6 +11,7 @@ for chunk in ens.stream("Name a prime above 100."):
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -21,19 +22,23 @@ from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.exceptions import ConfigError, InputError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
-from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy, make_strategy
+from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy, TextDelta, make_strategy
+from ensemblehub_core.strategies.breaker import CircuitBreaker
 from ensemblehub_core.strategies.select import select_members, selection_of
 from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
 from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
 
 __all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "split_final_message", "to_messages"]
 
+log = logging.getLogger("ensemblehub")
+
 PromptLike = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
 
 @dataclass(kw_only=True)
 class EnsembleChunk:
-    """One streamed piece: the text accepted this round; the last chunk has ``result`` set and no text."""
+    """One streamed piece: the text accepted this round (``round`` set), or a piece of the round in progress
+    (token streaming, ``round`` None); the last chunk has ``result`` set and no text."""
 
     text: str
     round: RoundTrace | None = None
@@ -148,7 +153,7 @@ class Ensemble:
         strategy: A `Strategy` instance or a registered strategy name.
         strategy_params: Parameters for a strategy given by name.
         defaults: Generation defaults; per-call keyword arguments override them.
-        policy: Member timeout / retry policy.
+        policy: Member timeout / retry policy, and when a failing member is skipped (`MemberPolicy`).
         name: Name shown in results and traces.
     """
 
@@ -182,6 +187,7 @@ class Ensemble:
         self.defaults = defaults or GenerationParams()
         self.policy = policy or MemberPolicy()
         self.name = name
+        self.breaker = CircuitBreaker(name, max_failures=self.policy.max_failures, cooldown_s=self.policy.cooldown_s)
 
     # -- async core -----------------------------------------------------------------------------------------
     async def astream(
@@ -214,23 +220,38 @@ class Ensemble:
             members=self.members,
             panel=self.panel,
             policy=self.policy,
+            breaker=self.breaker.request(),
             rng=random.Random(gen_params.seed),
         )
         started = time.perf_counter()
         rounds: list[RoundTrace] = []
         await select_members(ctx, selection_of(self.strategy.params))
         agen = self.strategy.run(ctx)
+        streamed = ""  # text of the round in progress already sent as deltas
         try:
             while True:
                 # The tools are set for each step of the strategy only: a sync consumer drives every step
                 # in a fresh task, and the setting must not leak into the consumer's own context.
                 with using_tools(spec):
                     try:
-                        trace = await anext(agen)
+                        item = await anext(agen)
                     except StopAsyncIteration:
                         break
+                if isinstance(item, TextDelta):
+                    streamed += item.text
+                    text = calls.feed(item.text) if calls is not None else item.text
+                    if text:
+                        yield EnsembleChunk(text=text)
+                    continue
+                trace, rest = item, item.accepted_text
+                if streamed:
+                    rest = rest[len(streamed):] if rest.startswith(streamed) else ""
+                    if not trace.accepted_text.startswith(streamed):
+                        log.warning("ensemble '%s': streamed text differs from the round's kept text; the result "
+                                    "holds the kept text", self.name)
+                    streamed = ""
                 rounds.append(trace)
-                text = calls.feed(trace.accepted_text) if calls is not None else trace.accepted_text
+                text = calls.feed(rest) if calls is not None else rest
                 yield EnsembleChunk(text=text, round=trace)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]

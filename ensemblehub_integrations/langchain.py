@@ -291,8 +291,9 @@ class ChatEnsemble(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         ens, msgs, params, timeout, retries = self._prepare(messages, stop, kwargs)
         for chunk in iterate_sync(self._chunks(ens, msgs, params, timeout, retries)):
-            if run_manager is not None:
-                run_manager.on_llm_new_token(_token_text(chunk), chunk=chunk)
+            text = _token_text(chunk)
+            if run_manager is not None and text:  # the last chunk (usage, metadata) is no token
+                run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
 
     async def _astream(
@@ -304,8 +305,9 @@ class ChatEnsemble(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         ens, msgs, params, timeout, retries = self._prepare(messages, stop, kwargs)
         async for chunk in self._chunks(ens, msgs, params, timeout, retries):
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(_token_text(chunk), chunk=chunk)
+            text = _token_text(chunk)
+            if run_manager is not None and text:  # the last chunk (usage, metadata) is no token
+                await run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -368,14 +370,16 @@ class ChatEnsemble(BaseChatModel):
     async def _chunks(
         self, ens: Ensemble, msgs: list[Message], params: dict[str, Any], timeout: float | None, retries: int
     ) -> AsyncIterator[ChatGenerationChunk]:
-        """The engine's stream as LangChain chunks: one per accepted segment, then a last one carrying tool
-        calls, usage and metadata."""
+        """The engine's stream as LangChain chunks: one per piece of text (a segment, or tokens for a one-member
+        ensemble); the last piece is held until the answer is done and carries tool calls, usage and metadata,
+        so that no empty chunk (an empty token for callbacks) ends the stream."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         attempt = 0
         while True:
             stream = ens.astream(msgs, **params)
             sent = False
+            held = ""
             try:
                 while True:
                     left = None if deadline is None else max(0.0, deadline - loop.time())
@@ -384,10 +388,12 @@ class ChatEnsemble(BaseChatModel):
                     except StopAsyncIteration:
                         return
                     if chunk.result is not None:
-                        yield _last_chunk(chunk.result)
+                        yield _last_chunk(chunk.result, held)
                     elif chunk.text:
-                        sent = True
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=chunk.text))
+                        if held:
+                            sent = True
+                            yield ChatGenerationChunk(message=AIMessageChunk(content=held))
+                        held = chunk.text
             except TimeoutError:
                 raise TimeoutError(f"ensemble '{ens.name}' did not finish within {timeout:g} s") from None
             except _RETRYABLE:
@@ -441,13 +447,13 @@ def _chat_result(result: EnsembleResult) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _last_chunk(result: EnsembleResult) -> ChatGenerationChunk:
+def _last_chunk(result: EnsembleResult, text: str = "") -> ChatGenerationChunk:
     calls = [
         tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
         for i, c in enumerate(result.tool_calls)
     ]
     message = AIMessageChunk(
-        content="",
+        content=text,
         tool_call_chunks=calls,
         usage_metadata=_usage(result),
         response_metadata=_metadata(result),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -33,6 +33,8 @@ class SegmentRequest:
         temperature: 0 for greedy.
         top_p: Nucleus mass when sampling.
         seed: Sampling seed (None: nondeterministic).
+        on_text: Called as the text grows, with all of it that is settled so far (a backend that decodes token
+            by token calls it; it may be called from a worker thread). The candidate stays the authority.
     """
 
     max_new_tokens: int
@@ -41,6 +43,7 @@ class SegmentRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Batcher(Protocol):

@@ -123,7 +123,7 @@ async def collect_answers(
             for n, g in members.items()
         }
         try:
-            return await gather_candidates(sessions, request, ctx.policy)
+            return await gather_candidates(sessions, request, ctx.policy, ctx.breaker)
         except AllMembersFailed as exc:
             return [], exc.errors
         finally:

@@ -241,7 +241,7 @@ class ServerState:
                     return JSONResponse(await self._score_prompts(job, scorer, runner))
                 finally:
                     lease.release()
-            merged = _Merged([runner.stream(p, params) for p, params in self._runs(job, runner)])
+            merged = _Merged([runner.stream(p, params, live=job.stream) for p, params in self._runs(job, runner)])
         except BaseException:
             lease.release()
             raise

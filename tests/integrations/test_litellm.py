@@ -201,3 +201,15 @@ def test_trace_on_request_through_the_sdk(handler: EnsembleLLM, how: str) -> Non
     chunks = list(litellm.completion(model="ensemble/steps", messages=USER, stream=True, **ask))
     traces = [c.ensemble_trace for c in chunks if getattr(c, "ensemble_trace", None)]
     assert len(traces) == 1 and traces[0][0]["strategy"] == "segment"
+
+
+def test_one_member_ensemble_streams_tokens_as_they_come(handler: EnsembleLLM) -> None:
+    import time
+
+    started = time.perf_counter()
+    arrived = []
+    for chunk in litellm.completion(model="ensemble/typist", messages=USER, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrived.append((chunk.choices[0].delta.content, time.perf_counter() - started))
+    assert [text for text, _ in arrived] == fakes.TYPED
+    assert arrived[-1][1] - arrived[0][1] > 0.1  # spread over the writing, not one burst at the end
