@@ -320,5 +320,25 @@ class Ensemble:
             extra=ctx.extra,
         )
 
+    # -- token counting -----------------------------------------------------------------------------------------
+    @property
+    def counting_member(self) -> Generator:
+        """The member whose tokenizer counts for the ensemble (as ``usage.prompt_tokens`` does): a ``single``
+        strategy's member, else the first one."""
+        name = getattr(self.strategy.params, "member", None)
+        if isinstance(name, str) and name in self.members:
+            return self.members[name]
+        return next(iter(self.members.values()))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the counting member's tokenizer (see `counting_member`)."""
+        return self.counting_member.count_tokens(text)
+
+    def count_prompt_tokens(self, prompt: PromptLike, tools: list[dict[str, Any]] | None = None) -> int:
+        """Tokens of the prompt the counting member sees (its chat template and the tools included): what
+        ``usage.prompt_tokens`` reports for the same request."""
+        spec = ToolSpec.from_params(tools, None) if tools else None
+        return self.counting_member.count_prompt_tokens(to_messages(prompt), spec)
+
     def __repr__(self) -> str:
         return f"Ensemble(name={self.name!r}, members={list(self.members)}, strategy={self.strategy.name!r})"

@@ -261,6 +261,28 @@ class ChatEnsemble(BaseChatModel):
         _check_call_kwargs(kwargs)
         return super().bind(tools=formatted, **kwargs)
 
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the ensemble's counting member's own tokenizer (``usage`` counts the same way).
+
+        The ensemble is built (its models loaded) if it is not yet.
+        """
+        return self._resolve(None).count_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the prompt the counting member sees for ``messages`` (chat template and tools included):
+        what ``usage_metadata["input_tokens"]`` reports for the same call."""
+        formatted = [convert_to_openai_tool(t) for t in tools] if tools else None
+        return self._resolve(None).count_prompt_tokens(to_core_messages(messages), formatted)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the counting member's tokenizer (local members; others: LangChain's
+        approximation)."""
+        member = self._resolve(None).counting_member
+        encode = getattr(member, "encode", None)
+        return list(encode(text)) if callable(encode) else super().get_token_ids(text)
+
     def _generate(
         self,
         messages: list[BaseMessage],

@@ -18,6 +18,7 @@ from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = ["Batcher", "Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
 
@@ -194,6 +195,11 @@ class Generator(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this member's tokenizer (a word count where the backend has none)."""
         return len(text.split())
+
+    def count_prompt_tokens(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> int:
+        """Tokens of the prompt this member would see for ``messages`` (its chat template included where it has
+        one; else the messages' tokens by `count_tokens`)."""
+        return sum(self.count_tokens(m.content) for m in messages)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the generator (servers, clients). Pooled weights stay in the pool."""
