@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ensemblehub_core._text import cut_text
+from ensemblehub_core._text import cut_text, settled_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.prompting import TokenizerPrompt
@@ -316,12 +316,15 @@ class HFSession(GeneratorSession):
         new: list[int] = []
         chosen = ChosenLogprobs()
         fed, finish, text = 0, "length", ""
+        ends = [*request.stop, *self.gen.end_strings] if request.on_text is not None else []
         for step in range(budget):
             tok = pick_token(logits, request.temperature, request.top_p, gen)
             chosen.add(logits, tok)
             done, finish, text = self.gen._advance(new, tok, request)
             if done or step == budget - 1:
                 break
+            if request.on_text is not None:
+                request.on_text(settled_text(text, ends))
             logits = self.kv.forward([tok])
             fed += 1
         self.forwarded_tokens += fed

@@ -37,7 +37,7 @@ from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.tokens import Piece, TokenSession, ranked_pieces, text_only_message
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams
+from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, open_token_session
 from ensemblehub_core.strategies.vocab import UnionVocab, union_vocab
 from ensemblehub_core.types import Candidate, RoundTrace
 
@@ -250,7 +250,7 @@ class _TokenStrategy(Strategy):
                 session.close()
 
     def _open(self, ctx: RunContext) -> _Run:
-        sessions = {name: gen.open_token_session(ctx.messages) for name, gen in ctx.members.items()}
+        sessions = {name: open_token_session(gen, ctx) for name, gen in ctx.members.items()}
         for name, s in sessions.items():
             if self.needs_full and not s.full_distribution:
                 raise CapabilityError(text_only_message(name, type(ctx.members[name]).__name__, self.name))
