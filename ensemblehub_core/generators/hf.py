@@ -169,42 +169,58 @@ class HFGenerator(TokenizerPrompt, Generator):
         return self._batcher
 
     def _batch_decode(self, prompts: list[list[int]], request: SegmentRequest) -> list[Candidate]:
-        """Decode several prompts in shared forward passes (left padding)."""
+        """Decode several prompts in shared forward passes (left padding).
+
+        Each step the rows' next tokens are chosen on the device and read back together, once; on an
+        accelerator the next forward pass is queued before that read, so the device keeps computing while the
+        host checks stop strings.
+        """
         import torch
 
-        from ensemblehub_core._torch import device_lock, pick_token, seeded_generator
+        from ensemblehub_core import _torch as T
 
         start = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(len(p) for p in prompts)
         budget = min(request.max_new_tokens, self.context_length - width)
         dev = self.model.device
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        gen = seeded_generator(request.seed)
+        n = len(prompts)
         new: list[list[int]] = [[] for _ in prompts]
-        texts = [""] * len(prompts)
-        finish = ["length"] * len(prompts)
-        done = [False] * len(prompts)
+        texts = [""] * n
+        finish = ["length"] * n
+        done = [False] * n
         try:
-            with device_lock(str(dev)), torch.inference_mode():
+            with T.device_lock(str(dev)), torch.inference_mode():
                 from transformers import DynamicCache
 
+                gen = T.seeded_generator(request.seed, dev)
+                ahead = T.reads_ahead(dev)
                 cache = DynamicCache(config=self.model.config)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                input_ids, mask, positions = T.left_padded(prompts, pad, dev)
                 logits = self._batch_forward(input_ids, mask, positions, cache)
+                ones = torch.ones((n, 1), dtype=mask.dtype, device=dev)
+                finished = torch.zeros(n, dtype=torch.bool, device=dev)  # rows that feed padding from now on
                 for step in range(budget):
-                    step_tokens = []
-                    for row in range(len(prompts)):
-                        tok = pad if done[row] else pick_token(logits[row], request.temperature, request.top_p, gen)
-                        step_tokens.append(tok)
+                    tokens = torch.where(finished, pad, T.pick_tokens(logits, request.temperature, request.top_p, gen))
+                    read = T.HostRead(tokens)
+                    last = step == budget - 1
+                    if ahead and not last:
+                        mask = torch.cat([mask, ones], dim=1)
+                        positions = positions[:, -1:] + 1
+                        logits = self._batch_forward(tokens.unsqueeze(1), mask, positions, cache)
+                    changed = False
+                    for row, tok in enumerate(read.tolist()):
                         if not done[row]:
                             done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
-                    if all(done) or step == budget - 1:
+                            changed |= done[row]
+                    if all(done) or last:
                         break
-                    mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=dev)], dim=1)
-                    positions = positions[:, -1:] + 1
-                    logits = self._batch_forward(torch.tensor([step_tokens], device=dev).T, mask, positions, cache)
+                    if changed:
+                        finished = torch.tensor(done, device=dev)
+                    if not ahead:
+                        mask = torch.cat([mask, ones], dim=1)
+                        positions = positions[:, -1:] + 1
+                        logits = self._batch_forward(tokens.unsqueeze(1), mask, positions, cache)
         except InputError:
             raise
         except Exception as exc:
@@ -290,7 +306,13 @@ class HFSession(GeneratorSession):
             raise GeneratorError(self.gen.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _decode(self, request: SegmentRequest) -> Candidate:
-        from ensemblehub_core._torch import pick_token, seeded_generator
+        """Decode one candidate after the session's ids; its tokens stay in the cache as a proposal.
+
+        Tokens are chosen on the device. On an accelerator the forward pass of each token is queued before the
+        token is read back, so the host checks EOS and stop strings while the device computes the next step; the
+        one step queued past the end is rolled back.
+        """
+        from ensemblehub_core._torch import HostRead, pick_tokens, reads_ahead, seeded_generator
 
         start = time.perf_counter()
         budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
@@ -303,16 +325,27 @@ class HFSession(GeneratorSession):
         pending = self.ids[self.kv.cached :]
         logits = self.kv.forward(pending)
         self.forwarded_tokens += len(pending)
-        gen = seeded_generator(request.seed)
+        ahead = reads_ahead(logits.device)
+        gen = seeded_generator(request.seed, logits.device)
         new: list[int] = []
         fed, finish, text = 0, "length", ""
         for step in range(budget):
-            tok = pick_token(logits, request.temperature, request.top_p, gen)
-            done, finish, text = self.gen._advance(new, tok, request)
-            if done or step == budget - 1:
+            tok = pick_tokens(logits, request.temperature, request.top_p, gen)
+            read = HostRead(tok)
+            last = step == budget - 1
+            if ahead and not last:
+                logits = self.kv.forward(tok)
+                fed += 1
+            done, finish, text = self.gen._advance(new, int(read.tolist()), request)
+            if done or last:
+                if ahead and not last:  # the step queued after the final token is not part of the candidate
+                    self.forwarded_tokens += 1
+                    self.kv.rollback(1)
+                    fed -= 1
                 break
-            logits = self.kv.forward([tok])
-            fed += 1
+            if not ahead:
+                logits = self.kv.forward(tok)
+                fed += 1
         self.forwarded_tokens += fed
         cand = Candidate(
             member=self.gen.name,
