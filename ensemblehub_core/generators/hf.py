@@ -17,6 +17,7 @@ from ensemblehub_core._text import cut_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.prompting import TokenizerPrompt
+from ensemblehub_core.models.loader import end_of_turn_id
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
@@ -65,6 +66,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.eos_ids = set(loaded.eos_token_ids)
+        #: The end token this model closes an answer with (what a finished candidate is scored with).
+        self.end_id = end_of_turn_id(loaded.tokenizer, loaded.eos_token_ids)
         self._batcher: StepBatcher | None = None
         self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
                           prompt_format, system_prompt)
@@ -186,6 +189,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         dev = self.model.device
         n = len(prompts)
         new: list[list[int]] = [[] for _ in prompts]
+        emitted: list[list[int]] = [[] for _ in prompts]  # new + the EOS id a row ended with
+        chosen = T.ChosenLogprobs()  # per step, every row's (read once at the end)
         texts = [""] * n
         finish = ["length"] * n
         done = [False] * n
@@ -202,6 +207,7 @@ class HFGenerator(TokenizerPrompt, Generator):
                 finished = torch.zeros(n, dtype=torch.bool, device=dev)  # rows that feed padding from now on
                 for step in range(budget):
                     tokens = torch.where(finished, pad, T.pick_tokens(logits, request.temperature, request.top_p, gen))
+                    chosen.add(logits, tokens)
                     read = T.HostRead(tokens)
                     last = step == budget - 1
                     if ahead and not last:
@@ -211,6 +217,7 @@ class HFGenerator(TokenizerPrompt, Generator):
                     changed = False
                     for row, tok in enumerate(read.tolist()):
                         if not done[row]:
+                            emitted[row].append(tok)
                             done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
                             changed |= done[row]
                     if all(done) or last:
@@ -226,6 +233,7 @@ class HFGenerator(TokenizerPrompt, Generator):
         except Exception as exc:
             raise GeneratorError(self.name, f"{type(exc).__name__}: {exc}") from exc
         elapsed = time.perf_counter() - start
+        logprobs = chosen.rows([len(e) for e in emitted])
         return [
             Candidate(
                 member=self.name,
@@ -234,6 +242,8 @@ class HFGenerator(TokenizerPrompt, Generator):
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish[i],  # type: ignore[arg-type]
                 elapsed_s=elapsed,
+                token_ids=emitted[i],
+                token_logprobs=logprobs[i],
             )
             for i in range(len(prompts))
         ]
@@ -312,7 +322,7 @@ class HFSession(GeneratorSession):
         token is read back, so the host checks EOS and stop strings while the device computes the next step; the
         one step queued past the end is rolled back.
         """
-        from ensemblehub_core._torch import HostRead, pick_tokens, reads_ahead, seeded_generator
+        from ensemblehub_core._torch import ChosenLogprobs, HostRead, pick_tokens, reads_ahead, seeded_generator
 
         start = time.perf_counter()
         budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
@@ -328,15 +338,18 @@ class HFSession(GeneratorSession):
         ahead = reads_ahead(logits.device)
         gen = seeded_generator(request.seed, logits.device)
         new: list[int] = []
+        chosen = ChosenLogprobs()
         fed, finish, text = 0, "length", ""
         for step in range(budget):
             tok = pick_tokens(logits, request.temperature, request.top_p, gen)
+            chosen.add(logits, tok)
             read = HostRead(tok)
             last = step == budget - 1
             if ahead and not last:
                 logits = self.kv.forward(tok)
                 fed += 1
-            done, finish, text = self.gen._advance(new, int(read.tolist()), request)
+            tok_id = int(read.tolist())
+            done, finish, text = self.gen._advance(new, tok_id, request)
             if done or last:
                 if ahead and not last:  # the step queued after the final token is not part of the candidate
                     self.forwarded_tokens += 1
@@ -347,6 +360,7 @@ class HFSession(GeneratorSession):
                 logits = self.kv.forward(tok)
                 fed += 1
         self.forwarded_tokens += fed
+        token_ids = [*new, tok_id] if finish == "eos" and tok_id in self.gen.eos_ids else list(new)
         cand = Candidate(
             member=self.gen.name,
             text=text,
@@ -354,6 +368,8 @@ class HFSession(GeneratorSession):
             prompt_tokens=self.prompt_tokens,
             finish_reason=finish,  # type: ignore[arg-type]
             elapsed_s=time.perf_counter() - start,
+            token_ids=token_ids,
+            token_logprobs=chosen.values()[: len(token_ids)],
         )
         exact = text == self.gen.decode(new)
         self.proposal = _Proposal(ids=new, text=text, fed=fed, exact=exact, candidate=cand)

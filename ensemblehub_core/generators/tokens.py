@@ -72,7 +72,7 @@ class TokenSession(ABC):
         """The id this member would use first for ``piece`` (full sessions; None when it has none)."""
         vocab = self.vocab()
         if piece is None:
-            return min(vocab.eos_ids) if vocab.eos_ids else None
+            return vocab.end_id if vocab.end_id is not None else min(vocab.eos_ids, default=None)
         return vocab.index.get(piece)
 
     @abstractmethod

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ensemblehub_core.models.sources import ResolvedSource, resolve_source, safe
 
 __all__ = [
     "END_OF_TURN_TOKENS", "LoadedModel", "ModelSpec", "auto_dtype", "collect_eos_token_ids", "cpu_has_native_bf16",
-    "load_model",
+    "end_of_turn_id", "load_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -307,6 +308,33 @@ def collect_eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list
         if token in special:
             add(special[token])
     return ids
+
+
+def end_of_turn_id(tokenizer: Any, eos_ids: Sequence[int]) -> int | None:
+    """The end token a finished answer of this model carries: what its chat template closes an assistant turn
+    with (Qwen's ``<|im_end|>``, not its declared ``<|endoftext|>``), else the tokenizer's EOS, else the first
+    of ``eos_ids``; None when there is none.
+
+    Scoring a finished answer with the wrong end token costs the answer many nats (a token the model never
+    writes there), so scorers and token-level strategies ask for this one.
+    """
+    ends = [int(i) for i in eos_ids]
+    if not ends:
+        return None
+    if getattr(tokenizer, "chat_template", None):
+        marker = "Zq7"  # rare enough not to merge with what follows it
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+            )
+            tail = str(text).split(marker, 1)[1]
+            for idx in tokenizer.encode(tail, add_special_tokens=False):
+                if int(idx) in ends:
+                    return int(idx)
+        except Exception:  # a template that cannot render this turn: fall back below
+            pass
+    declared = getattr(tokenizer, "eos_token_id", None)
+    return int(declared) if isinstance(declared, int) and declared in ends else ends[0]
 
 
 def _special_token_ids(tokenizer: Any) -> dict[str, int]:

@@ -23,13 +23,15 @@ class ScoreRequest:
     """What a scorer sees: the conversation, the accepted prefix, the candidates to rate.
 
     ``state`` is scratch space that lives as long as one answer, so a scorer can keep e.g. a KV cache of the
-    prefix from round to round. Key it by ``id(self)``.
+    prefix from round to round. Key it by ``id(self)``. ``notes`` collects what a scorer wants the trace to say
+    (e.g. why it abstained for a candidate).
     """
 
     messages: list[Message]
     prefix: str
     candidates: list[Candidate]
     state: dict[Any, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def question_of(messages: list[Message]) -> str:
@@ -70,6 +72,7 @@ class PanelResult:
 
     combined: list[float | None]
     by_scorer: dict[str, list[float | None]]
+    notes: list[str] = field(default_factory=list)
 
 
 class ScoringPanel:
@@ -106,7 +109,7 @@ class ScoringPanel:
                                   f"{len(request.candidates)} candidates")
             by_scorer[scorer.name] = [_finite(s) for s in scores]
         combined = [self._combine(i, c, by_scorer) for i, c in enumerate(request.candidates)]
-        return PanelResult(combined=combined, by_scorer=by_scorer)
+        return PanelResult(combined=combined, by_scorer=by_scorer, notes=list(request.notes))
 
     def _combine(self, i: int, cand: Candidate, by_scorer: dict[str, list[float | None]]) -> float | None:
         own: list[tuple[float, float]] = []

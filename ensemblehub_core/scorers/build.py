@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from ensemblehub_core.generators.hf import HFGenerator
     from ensemblehub_core.hub import BuildContext
 
-__all__ = ["function", "judge", "likelihood", "prm", "reward_model"]
+__all__ = ["agreement", "confidence", "cross_likelihood", "function", "judge", "likelihood", "prm", "reward_model"]
 
 
 def _local_generator(cfg: ScorerConfig, ctx: BuildContext) -> tuple[HFGenerator, str | None]:
@@ -41,12 +41,79 @@ def likelihood(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
     return LikelihoodScorer(cfg.display_name, gen, member=member)
 
 
-def judge(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
-    from ensemblehub_core.scorers.judge import DEFAULT_JUDGE_TEMPLATE, JudgeScorer
+def _options(cfg: ScorerConfig, allowed: set[str]) -> dict[str, Any]:
+    """The scorer's options, refusing names it does not know (a typo would otherwise be ignored)."""
+    unknown = sorted(set(cfg.options) - allowed)
+    if unknown:
+        raise ConfigError(f"scorer '{cfg.display_name}': unknown option(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(allowed)) or '(none)'}")
+    return dict(cfg.options)
 
+
+def judge(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.judge import (
+        DEFAULT_COMPARE_TEMPLATE,
+        DEFAULT_JUDGE_TEMPLATE,
+        CompareJudgeScorer,
+        JudgeScorer,
+    )
+
+    o = _options(cfg, {"mode", "template", "shifts", "prompt_format"})
+    mode = o.get("mode", "yes_no")
     gen, member = _local_generator(cfg, ctx)
-    template = cfg.options.get("template", DEFAULT_JUDGE_TEMPLATE)
-    return JudgeScorer(cfg.display_name, gen, template=template, member=member)
+    if mode == "compare":
+        shifts = o.get("shifts")
+        if shifts is not None and (not isinstance(shifts, int) or shifts < 1):
+            raise ConfigError(f"scorer '{cfg.display_name}': shifts must be a positive integer, got {shifts!r}")
+        return CompareJudgeScorer(cfg.display_name, gen, template=o.get("template", DEFAULT_COMPARE_TEMPLATE),
+                                  shifts=shifts, member=member)
+    if mode != "yes_no":
+        raise ConfigError(f"scorer '{cfg.display_name}': mode must be 'yes_no' or 'compare', got {mode!r}")
+    return JudgeScorer(cfg.display_name, gen, template=o.get("template", DEFAULT_JUDGE_TEMPLATE), member=member)
+
+
+def confidence(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.confidence import ConfidenceScorer
+
+    o = _options(cfg, {"reduction", "k", "calibration"})
+    calibration = o.get("calibration") or {}
+    if not isinstance(calibration, dict):
+        raise ConfigError(f"scorer '{cfg.display_name}': calibration must map member names to [slope, intercept]")
+    unknown = sorted(set(calibration) - set(ctx.members))
+    if unknown:
+        raise ConfigError(f"scorer '{cfg.display_name}': calibration names unknown member(s) {', '.join(unknown)}; "
+                          f"members: {', '.join(ctx.members)}")
+    return ConfidenceScorer(cfg.display_name, reduction=o.get("reduction", "mean"), k=int(o.get("k", 4)),
+                            calibration=calibration)
+
+
+def cross_likelihood(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.scorers.cross_likelihood import CrossLikelihoodScorer
+    from ensemblehub_core.scorers.likelihood import LikelihoodScorer
+
+    o = _options(cfg, {"members"})
+    names = o.get("members") or [n for n, g in ctx.members.items() if isinstance(g, HFGenerator)]
+    committee = []
+    for name in names:
+        gen = ctx.members.get(name)
+        if not isinstance(gen, HFGenerator):
+            raise ConfigError(
+                f"scorer '{cfg.display_name}': committee member '{name}' must be a local (backend: hf) member; "
+                f"local members: {', '.join(n for n, g in ctx.members.items() if isinstance(g, HFGenerator))}"
+            )
+        committee.append(LikelihoodScorer(f"likelihood:{name}", gen, member=name))
+    if not committee:
+        raise ConfigError(f"scorer '{cfg.display_name}' needs at least one local (backend: hf) member")
+    return CrossLikelihoodScorer(cfg.display_name, committee)
+
+
+def agreement(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
+    from ensemblehub_core.scorers.agreement import AgreementScorer
+
+    o = _options(cfg, {"similarity", "extractor"})
+    return AgreementScorer(cfg.display_name, similarity=o.get("similarity", "auto"),
+                           extractor=o.get("extractor", "auto"))
 
 
 def _model_for(cfg: ScorerConfig, ctx: BuildContext, kind: str) -> Any:

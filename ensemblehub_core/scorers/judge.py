@@ -11,7 +11,7 @@ from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest, question_of
 from ensemblehub_core.types import Message
 
-__all__ = ["DEFAULT_JUDGE_TEMPLATE", "JudgeScorer"]
+__all__ = ["DEFAULT_COMPARE_TEMPLATE", "DEFAULT_JUDGE_TEMPLATE", "CompareJudgeScorer", "JudgeScorer"]
 
 DEFAULT_JUDGE_TEMPLATE = (
     "You are checking a solution one step at a time.\n\n"
@@ -87,3 +87,81 @@ class JudgeScorer(Scorer):
 def _first_token_ids(gen: HFGenerator, words: tuple[str, ...]) -> list[int]:
     ids = {gen.encode(w)[0] for w in words if gen.encode(w)}
     return sorted(ids)
+
+
+DEFAULT_COMPARE_TEMPLATE = (
+    "Question:\n{question}\n\n"
+    "Solution so far:\n{prefix}\n\n"
+    "Candidate continuations:\n{options}\n\n"
+    "Which candidate is correct and best continues the solution? Answer with its letter only."
+)
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+class CompareJudgeScorer(Scorer):
+    """A local model sees every candidate at once, as lettered options, and names the best.
+
+    Score = the judge's probability for a candidate's letter (normalised over the letters shown), averaged over
+    cyclic shifts of the options so that each candidate stands at each position once: a judge's bias towards
+    "A" then favours no candidate. The options are first put in a canonical order (by text), so the scores do
+    not depend on the order the candidates arrive in, and identical texts get identical scores.
+
+    Args:
+        name: Scorer name in traces.
+        generator: The judging model (its prompt format is used).
+        template: Prompt with ``{question}``, ``{prefix}`` and ``{options}``.
+        shifts: How many cyclic shifts to average over (default: one per candidate, every position once).
+        member: Set when ``generator`` is an ensemble member.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        generator: HFGenerator,
+        *,
+        template: str = DEFAULT_COMPARE_TEMPLATE,
+        shifts: int | None = None,
+        member: str | None = None,
+    ) -> None:
+        super().__init__(name, member=member)
+        self.gen = generator
+        self.template = template
+        self.shifts = shifts
+        self.letter_ids = [_first_token_ids(generator, (c, " " + c)) for c in _LETTERS]
+
+    def prompt_ids(self, messages: list[Message], prefix: str, options: list[str]) -> list[int]:
+        """The judge's prompt for one presentation of the options, ready for its answer letter."""
+        listed = "\n\n".join(f"{_LETTERS[i]}. {text.strip() or '(empty)'}" for i, text in enumerate(options))
+        text = self.template.format(question=question_of(messages), prefix=prefix.strip() or "(nothing yet)",
+                                    options=listed)
+        rendered = self.gen.render_prompt([Message(role="user", content=text)])
+        if self.gen.prompt_format != "chat":
+            rendered += " Answer:"
+        return list(self.gen.tokenizer.encode(rendered, add_special_tokens=self.gen.prompt_format != "chat"))
+
+    def score(self, request: ScoreRequest) -> list[float | None]:
+        import torch
+
+        from ensemblehub_core._torch import PrefixCache, device_lock
+
+        cands = request.candidates
+        if len(cands) > len(_LETTERS):
+            raise ValueError(f"the compare judge shows at most {len(_LETTERS)} candidates, got {len(cands)}")
+        texts = sorted({c.text for c in cands})  # canonical order; duplicates shown once
+        if len(texts) == 1:
+            return [1.0] * len(cands)
+        n = len(texts)
+        shifts = min(self.shifts or n, n)
+        totals = [0.0] * n
+        cache = request.state.setdefault(id(self), PrefixCache(self.gen.model))
+        with device_lock(str(self.gen.model.device)):
+            for s in range(shifts):
+                order = [(s + i) % n for i in range(n)]  # position i shows text order[i]
+                logits = cache.sync(self.prompt_ids(request.messages, request.prefix, [texts[j] for j in order]))
+                probs = torch.softmax(logits.float(), dim=-1)
+                mass = [float(probs[self.letter_ids[i]].sum()) for i in range(n)]
+                total = sum(mass)
+                for i, j in enumerate(order):
+                    totals[j] += mass[i] / total if total > 0 else 1.0 / n
+        by_text = {t: totals[k] / shifts for k, t in enumerate(texts)}
+        return [by_text[c.text] for c in cands]

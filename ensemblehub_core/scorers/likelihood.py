@@ -9,6 +9,7 @@ from __future__ import annotations
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest
 from ensemblehub_core.tools import active_tools
+from ensemblehub_core.types import Candidate
 
 __all__ = ["LikelihoodScorer"]
 
@@ -37,9 +38,11 @@ class LikelihoodScorer(Scorer):
         scores: list[float | None] = []
         with device_lock(str(self.gen.model.device)):
             for cand in request.candidates:
-                ids = self.gen.encode(cand.text)
-                if cand.finish_reason == "eos" and self.gen.eos_ids:
-                    ids.append(min(self.gen.eos_ids))  # the member's belief that the answer should end here
+                own = self.own_score(cand)
+                if own is not None:  # the author's own decoding already computed these numbers
+                    scores.append(own)
+                    continue
+                ids = self.candidate_ids(cand)
                 if not ids:
                     scores.append(None)
                     continue
@@ -48,3 +51,23 @@ class LikelihoodScorer(Scorer):
                 logp = torch.log_softmax(logits, dim=-1)[torch.arange(len(ids)), torch.tensor(ids)]
                 scores.append(float(logp.mean()))
         return scores
+
+    def own_score(self, cand: Candidate) -> float | None:
+        """The score without a forward pass, when the scorer is the candidate's author and the candidate carries
+        the log-probabilities it was written with (the same numbers a forward pass gives); else None."""
+        if cand.member != self.member or not cand.token_logprobs or cand.token_ids is None:
+            return None
+        if self.candidate_ids(cand) != cand.token_ids or len(cand.token_logprobs) != len(cand.token_ids):
+            return None
+        return sum(cand.token_logprobs) / len(cand.token_logprobs)
+
+    def candidate_ids(self, cand: Candidate) -> list[int]:
+        """The candidate in the scorer's tokens, ended (when it ended) with the end token the scorer's model
+        writes: the member's own emitted ids when the scorer is that member, else the end-of-turn token."""
+        if cand.member == self.member and cand.token_ids is not None and cand.text == self.gen.decode(
+                [t for t in cand.token_ids if t not in self.gen.eos_ids]):
+            return list(cand.token_ids)
+        ids = self.gen.encode(cand.text)
+        if cand.finish_reason == "eos" and self.gen.end_id is not None:
+            ids.append(self.gen.end_id)  # the scorer's belief that the answer should end here
+        return ids

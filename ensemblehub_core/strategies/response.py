@@ -204,6 +204,8 @@ async def _score(ctx: RunContext, cands: list[Candidate]) -> tuple[list[float | 
         return [None] * len(cands), {}, 0.0
     started = now()
     result = await ctx.panel.score(ScoreRequest(messages=ctx.messages, prefix="", candidates=cands))
+    if result.notes:
+        ctx.extra.setdefault("score_notes", []).extend(result.notes)
     return result.combined, result.by_scorer, now() - started
 
 

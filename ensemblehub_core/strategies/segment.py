@@ -71,6 +71,8 @@ class SegmentStrategy(Strategy):
             ScoreRequest(messages=ctx.messages, prefix=prefix, candidates=cands, state=state)
         )
         trace.scores, trace.scorer_scores = result.combined, result.by_scorer
+        if result.notes:
+            trace.note = "; ".join(result.notes)
         best = best_index(result.combined)
         return 0 if best is None else best
 

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ensemblehub_core.models.loader import end_of_turn_id
+
 if TYPE_CHECKING:
     import torch
 
@@ -114,6 +116,7 @@ class MemberVocab:
         scheme: How its token strings were spelled.
         pieces: Per token id, the bytes it stands for; ``None`` for control tokens and padding ids.
         eos_ids: Ids that end the answer.
+        end_id: The one of ``eos_ids`` this model ends an answer with (its chat template's end of turn).
         index: Bytes → the id spelling them (the lowest real token; byte-fallback tokens only as a last resort).
         byte_ids: Byte value → the id of a token that is exactly that one byte.
         dummy_prefix: The tokenizer puts a space before text that does not start with one (Llama-2 style).
@@ -126,6 +129,7 @@ class MemberVocab:
     index: dict[bytes, int] = field(default_factory=dict)
     byte_ids: dict[int, int] = field(default_factory=dict)
     dummy_prefix: bool = False
+    end_id: int | None = None
 
     @property
     def size(self) -> int:
@@ -207,6 +211,7 @@ def _build_member_vocab(tokenizer: Any, eos_ids: Sequence[int], width: int) -> M
         index=index,
         byte_ids=byte_ids,
         dummy_prefix=dummy,
+        end_id=end_of_turn_id(tokenizer, list(eos_ids)),
     )
 
 

@@ -1,4 +1,4 @@
-"""Settings for the face tests: offline LiteLLM (before anything imports it) and the shared model cache."""
+"""Settings for the face tests: offline LiteLLM (before anything imports it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 # LiteLLM fetches its model cost map from the network at import unless told to use the bundled copy.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("ENSEMBLEHUB_CACHE", str(Path(__file__).resolve().parents[2] / ".cache" / "ensemblehub"))
 
 CONFIGS = Path(__file__).parent / "configs"
 

@@ -2,8 +2,8 @@
 
 The task is examples/lm_eval/ensemblehub_capitals.yaml (20 questions in a JSONL file in the repo; hub datasets
 are out of reach here). The first test serves a fake ensemble that knows 5 of the 20 capitals, so the score
-must be exactly 0.25. The second serves SmolLM2-135M through chat completions; it is opt-in
-(ENSEMBLEHUB_LM_EVAL_REAL=1) to keep the suite's time down, as lm_eval's own start-up dominates it.
+must be exactly 0.25. The others serve SmolLM2-135M for real: a generation task through chat completions and
+a multiple-choice task scored by log-likelihood through completions; each prints its score.
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ def test_lm_eval_local_completions_against_the_server(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ENSEMBLEHUB_LM_EVAL_REAL") != "1",
-                    reason="opt-in (about 1-2 minutes: model load + lm_eval start-up): ENSEMBLEHUB_LM_EVAL_REAL=1")
-def test_lm_eval_chat_completions_with_a_real_model(tmp_path: Path) -> None:
+def test_lm_eval_chat_completions_with_a_real_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = parse_config({"ensembles": {"smollm2-135m": {
         "members": [{"name": "smol", "model": "embedded:smollm2-135m-instruct"}], "strategy": "single",
     }}})
@@ -87,12 +85,16 @@ def test_lm_eval_chat_completions_with_a_real_model(tmp_path: Path) -> None:
         results = run_lm_eval(tmp_path, "local-chat-completions", args, "--apply_chat_template", "--limit", "5")
         batches = app.state.server.runners["smollm2-135m"].batches
     score = results["exact_match,last-capitalised-word"]
-    print(f"SmolLM2-135M on ensemblehub_capitals (5 questions): exact_match {score:.2f}; batches {batches}")
+    with capsys.disabled():
+        print(f"\nlm_eval: SmolLM2-135M on ensemblehub_capitals (5 questions): exact_match {score:.2f}; "
+              f"batches {batches}")
     assert score >= 0.4  # it knows Paris, Rome, Berlin, Madrid, Tokyo (the first five)
 
 
 @pytest.mark.slow
-def test_lm_eval_multiple_choice_loglikelihood_with_a_real_model(tmp_path: Path) -> None:
+def test_lm_eval_multiple_choice_loglikelihood_with_a_real_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # local-completions sends token ids with echo + logprobs + max_tokens 1 and sums the continuation's scores.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +117,8 @@ def test_lm_eval_multiple_choice_loglikelihood_with_a_real_model(tmp_path: Path)
                 f"tokenizer={folder},num_concurrent=2,max_retries=1")
         results = run_lm_eval(tmp_path, "local-completions", args, "--limit", "6", "--log_samples",
                               task="ensemblehub_capitals_mc")
-    print(f"SmolLM2-135M on ensemblehub_capitals_mc (6 questions): acc {results['acc,none']:.2f}")
+    with capsys.disabled():
+        print(f"\nlm_eval: SmolLM2-135M on ensemblehub_capitals_mc (6 questions): acc {results['acc,none']:.2f}")
     assert results["acc,none"] >= 0.8  # it knows these capitals; wrong scores would put it near 0.25
 
     # Each score lm_eval saw equals the model's own log-likelihood of that continuation, computed here.
