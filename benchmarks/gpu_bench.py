@@ -8,7 +8,9 @@ path (``device: cuda``, ``dtype: auto``) and measures, warm, as medians:
 - segment ensemble of the two, likelihood scorer, 16-token segments, 256 tokens: kept KV caches vs
   ``incremental: false`` (goal: kept at least 1.3x faster);
 - ``gac`` and ``unite``: time per token vs the sum of the members' own decode steps (goal: at most 1.3x);
-- continuous batching (`StepBatcher`), 1 / 8 / 32 streams x 128 tokens, and ``model.generate`` on a batch of 32.
+- continuous batching (`StepBatcher`), 1 / 8 / 32 streams x 128 tokens, and ``model.generate`` on a batch of 32;
+- the compiled path (``options: {compile: true}``) vs ``model.generate`` with a static cache, compiled
+  (goal: at least 0.8x); last, as compiling takes the longest.
 
 Each result is printed and appended as a JSON line to ``OUT/gpu_bench.jsonl`` as soon as it is measured, so a run
 cut short still leaves what it got. ``--device cpu --small`` is a dry run with tiny shapes and few tokens.
@@ -227,13 +229,48 @@ def _run_streams(streams: Callable[[int], Any], k: int) -> Any:
     return asyncio.run(streams(k))
 
 
+def bench_compiled(b: Bench, eager: Any) -> None:
+    from ensemblehub_core.generators.base import SegmentRequest
+    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.types import Message
+
+    torch = b.torch
+    gen = HFGenerator(f"{eager.name}-compiled", eager.loaded, compile=True, compile_max_len=1024)
+    msgs = [Message(role="user", content=Q)]
+    prompt = gen.encode_prompt(msgs)
+    ids = torch.tensor([prompt], device=b.device)
+    n = b.tokens
+    t = time.perf_counter()
+    asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=n)))
+    b.write("compiled_warmup", member=gen.name, s=round(time.perf_counter() - t, 1))
+    t_ses, cand = b.timed(lambda: asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=n))))
+
+    def generate() -> Any:
+        with torch.inference_mode():
+            return gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                      cache_implementation="static", eos_token_id=sorted(gen.eos_ids),
+                                      pad_token_id=gen.tokenizer.pad_token_id)
+
+    t = time.perf_counter()
+    generate()
+    b.write("compiled_generate_warmup", s=round(time.perf_counter() - t, 1))
+    t_gen, out = b.timed(generate)
+    gen_tokens = out.shape[1] - ids.shape[1]
+    eager_cand = asyncio.run(eager.complete(msgs, "", SegmentRequest(max_new_tokens=n)))
+    b.write("compiled_vs_compiled_generate", member=gen.name, tokens=n,
+            session_tok_s=round(cand.token_count / t_ses, 2), generate_tok_s=round(gen_tokens / t_gen, 2),
+            ratio=round((cand.token_count / t_ses) / (gen_tokens / t_gen), 3), goal=">= 0.8",
+            fell_back=gen.compiled is None or gen.compiled.broken,
+            same_tokens_as_eager_session=cand.token_ids == eager_cand.token_ids)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny shapes and few tokens (a CPU dry run)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--out", default=None, help="folder for gpu_bench.jsonl (default: $OUT)")
-    parser.add_argument("--only", default="session,segment,token,batch", help="which parts to run")
+    parser.add_argument("--only", default="session,segment,token,batch,compiled", help="which parts to run")
     args = parser.parse_args(argv)
     b = Bench(args)
     torch = b.torch
@@ -261,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("token", lambda: bench_token_level(b, models, own)))
     if "batch" in parts:
         steps.append(("batch", lambda: bench_batching(b, qwen)))
+    if "compiled" in parts:
+        steps.append(("compiled", lambda: bench_compiled(b, qwen)))
     for name, fn in steps:
         try:
             fn()

@@ -194,19 +194,37 @@ class KeptCache:
 
     When this cache type cannot be rolled back it is dropped instead; the next `forward` starts a fresh one, so
     the session re-runs from its token ids and stays correct, only slower.
+
+    Args:
+        model: The transformers model.
+        compiled: The member's compiled step (`generators.hf_compiled`): a static cache is borrowed from it and
+            single tokens run through the compiled step; None for the eager path.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, compiled: Any = None) -> None:
         self.model = model
+        self.compiled = compiled
         self.cache: Any = None
         self.cached = 0
+
+    def reserve(self, total: int) -> None:
+        """Make room for ``total`` positions: a static cache too short for them is dropped for a dynamic one."""
+        if self.compiled is not None and total > self.compiled.max_len:
+            self.reset()
+            self.compiled = None
 
     def forward(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Run ``ids`` after the cached positions (a fresh cache if there is none); the last position's logits."""
         if self.cache is None:
-            self.cache, self.cached = make_cache(self.model), 0
-        logits = forward(self.model, ids, self.cache)
-        self.cached += ids.numel() if isinstance(ids, torch.Tensor) else len(ids)
+            self.cache = make_cache(self.model) if self.compiled is None else self.compiled.borrow()
+            self.cached = 0
+        n = ids.numel() if isinstance(ids, torch.Tensor) else len(ids)
+        if self.compiled is not None and n == 1 and self.cached > 0:
+            token = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids).to(self.model.device, non_blocking=True)
+            logits = self.compiled.step(token, self.cache)
+        else:
+            logits = forward(self.model, ids, self.cache)
+        self.cached += n
         return logits
 
     def rollback(self, tokens: int) -> None:
@@ -224,7 +242,9 @@ class KeptCache:
             self.reset()
 
     def reset(self) -> None:
-        """Drop the cache; the next `forward` starts from position 0."""
+        """Drop the cache (a borrowed static one goes back); the next `forward` starts from position 0."""
+        if self.cache is not None and self.compiled is not None:
+            self.compiled.give_back(self.cache)
         self.cache, self.cached = None, 0
 
 

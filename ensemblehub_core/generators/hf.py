@@ -24,6 +24,7 @@ from ensemblehub_core.types import Candidate, Message, TokenLogprob
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
     from ensemblehub_core.generators.hf_batch import StepBatcher
+    from ensemblehub_core.generators.hf_compiled import CompiledStep
     from ensemblehub_core.generators.hf_tokens import HFTokenSession
     from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
@@ -43,6 +44,10 @@ class HFGenerator(TokenizerPrompt, Generator):
         system_prompt: Added as a system message when the conversation has none (chat format only).
         end_strings: Strings that end this member's answer as its EOS would (e.g. ``"\nQuestion:"`` for a
             few-shot base model that would otherwise write the next question itself).
+        compile: Decode single tokens through ``torch.compile`` over static KV caches (`generators.hf_compiled`);
+            falls back to the eager path, with the reason logged, where the model cannot take it.
+        compile_max_len: Positions a static cache holds (default 4096, at most the context); longer runs decode
+            eagerly.
     """
 
     supports_incremental = True
@@ -59,6 +64,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         prompt_format: str | None = None,
         system_prompt: str | None = None,
         end_strings: Sequence[str] = (),
+        compile: bool = False,
+        compile_max_len: int | None = None,
     ) -> None:
         super().__init__(name)
         self.end_strings = [e for e in end_strings if e]
@@ -69,6 +76,11 @@ class HFGenerator(TokenizerPrompt, Generator):
         #: The end token this model closes an answer with (what a finished candidate is scored with).
         self.end_id = end_of_turn_id(loaded.tokenizer, loaded.eos_token_ids)
         self._batcher: StepBatcher | None = None
+        self.compiled: CompiledStep | None = None
+        if compile:
+            from ensemblehub_core.generators.hf_compiled import compiled_step
+
+            self.compiled = compiled_step(self.model, name, compile_max_len)
         self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
                           prompt_format, system_prompt)
 
@@ -295,7 +307,7 @@ class HFSession(GeneratorSession):
         prompt = generator.encode_prompt(messages, tools)
         self.prompt_tokens = len(prompt)
         self.ids: list[int] = prompt + generator.encode(prefix)
-        self.kv = KeptCache(generator.model)  # holds the leading positions of ids (+ a proposal)
+        self.kv = KeptCache(generator.model, generator.compiled)  # the leading positions of ids (+ a proposal)
         self.proposal: _Proposal | None = None
         self.forwarded_tokens = 0  # tokens run through the model: the work this session did
 
@@ -330,6 +342,7 @@ class HFSession(GeneratorSession):
             raise InputError(
                 f"member '{self.gen.name}': no room left in its context of {self.gen.context_length} tokens"
             )
+        self.kv.reserve(len(self.ids) + budget)
         if self.kv.cached >= len(self.ids):  # all cached: re-run the last token to get its logits
             self.kv.rollback(self.kv.cached - len(self.ids) + 1)
         pending = self.ids[self.kv.cached :]
@@ -404,5 +417,8 @@ def build(cfg: MemberConfig, ctx: BuildContext) -> HFGenerator:
     spec = ModelSpec(source=cfg.model, dtype=cfg.dtype, device=cfg.device,
                      gguf_file=cfg.options.get("gguf_file"),
                      trust_remote_code=bool(cfg.options.get("trust_remote_code", False)))
+    max_len = cfg.options.get("compile_max_len")
     return HFGenerator(cfg.name, ctx.pool.get(spec), prompt_format=cfg.prompt_format,
-                       system_prompt=cfg.system_prompt, end_strings=cfg.options.get("end_strings", ()))
+                       system_prompt=cfg.system_prompt, end_strings=cfg.options.get("end_strings", ()),
+                       compile=bool(cfg.options.get("compile", False)),
+                       compile_max_len=int(max_len) if max_len else None)
