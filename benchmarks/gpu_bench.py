@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--out", default=None, help="folder for gpu_bench.jsonl (default: $OUT)")
     parser.add_argument("--only", default="session,segment,token,batch,compiled", help="which parts to run")
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="start no part after this many seconds (the compiled part needs 120 s left)")
     args = parser.parse_args(argv)
     b = Bench(args)
     torch = b.torch
@@ -301,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     if "compiled" in parts:
         steps.append(("compiled", lambda: bench_compiled(b, qwen)))
     for name, fn in steps:
+        left = args.budget_s - (time.perf_counter() - b.started)
+        if left < (120 if name == "compiled" else 0):
+            b.write("skipped", part=name, reason=f"time budget: {left:.0f} s left")
+            continue
         try:
             fn()
         except Exception as exc:  # keep measuring the other parts; the failure is a result too

@@ -3,6 +3,7 @@
 # the missing wheels into /tmp/site, then tests/gpu, then benchmarks/gpu_bench.py. Logs and results go to $OUT.
 #
 #   OUT=/some/folder bash benchmarks/gpu_run.sh
+# GPU_BENCH_ARGS passes options to gpu_bench (e.g. "--only session,segment,token,batch" to skip compiling).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -16,9 +17,9 @@ export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONU
 export ENSEMBLEHUB_GPU_TOK=$PWD/.gpu/tok ENSEMBLEHUB_CACHE=/tmp/ensemblehub_cache
 python3 -c 'import torch, transformers, ensemblehub_core; print(torch.__version__, transformers.__version__, torch.cuda.is_available(), ensemblehub_core.__file__)' 2>&1 | tee -a "$OUT/setup.log"
 
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu -rs --junitxml="$OUT/tests_gpu.xml" 2>&1 | tee "$OUT/tests_gpu.log"
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/gpu -rs --junitxml="$OUT/tests_gpu.xml" 2>&1 | tee "$OUT/tests_gpu.log"
 tests_rc=${PIPESTATUS[0]}
-timeout 330 python3 -m benchmarks.gpu_bench --out "$OUT" 2>&1 | tee "$OUT/gpu_bench.log"
+timeout 400 python3 -m benchmarks.gpu_bench --out "$OUT" ${GPU_BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "tests rc=$tests_rc bench rc=$bench_rc" | tee -a "$OUT/setup.log"
 exit $(( tests_rc != 0 || bench_rc != 0 ))

@@ -64,7 +64,7 @@ def test_every_strategy_runs_to_the_end_on_cuda(strategy: str, model_dirs: dict[
         {"name": "smol", "model": str(model_dirs["smol-bfloat16"]), "device": "cuda"},
     ]
     ens: dict[str, Any] = {"members": members, "strategy": STRATEGIES[strategy]}
-    if strategy in ("segment", "best_of_n"):
+    if strategy in ("segment", "best_of_n", "vote"):
         ens["scorer"] = {"type": "likelihood", "member": "qwen"}
     hub = Hub(parse_config({"ensembles": {"e": ens}}))
     result = hub.ensemble("e").generate("What is 2 + 2?", max_tokens=24, temperature=0.0)
