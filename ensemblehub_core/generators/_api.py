@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ensemblehub_core._text import cut_text
+from ensemblehub_core._text import cut_text, redact_userinfo
 from ensemblehub_core.exceptions import ConfigError, GeneratorError
 from ensemblehub_core.generators.base import SegmentRequest
 from ensemblehub_core.tools import (
@@ -386,6 +386,6 @@ def parse_retry_after(headers: Mapping[str, str] | None, cap_s: float) -> float 
 def api_error(member: str, message: str, secret: Secret, *, retry_after: float | None = None) -> GeneratorError:
     """A `GeneratorError` with the key masked out of its message; ``retry_after`` (seconds) rides on it so the
     member policy waits that long before its next try."""
-    err = GeneratorError(member, secret.redact(message))
+    err = GeneratorError(member, redact_userinfo(secret.redact(message)))  # nor a password in a URL
     err.retry_after = retry_after  # type: ignore[attr-defined]
     return err

@@ -41,12 +41,16 @@ class FunctionGenerator(Generator):
         name: Member name.
         fn: Returns the full continuation (sync or async). Ending without hitting the budget counts as EOS.
         delay_s: Simulated latency per call (sleeps without blocking the event loop).
+        token_logprob: When set, every token of a candidate carries this log-probability (a member that is
+            always this sure of itself; for tests of confidence scoring and calibration).
     """
 
-    def __init__(self, name: str, fn: GenerateFn, *, delay_s: float = 0.0) -> None:
+    def __init__(self, name: str, fn: GenerateFn, *, delay_s: float = 0.0, token_logprob: float | None = None
+                 ) -> None:
         super().__init__(name)
         self.fn = fn
         self.delay_s = delay_s
+        self.token_logprob = token_logprob
         self.calls = 0
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
@@ -67,6 +71,7 @@ class FunctionGenerator(Generator):
             prompt_tokens=sum(self.count_tokens(m.content) for m in messages) + self.count_tokens(prefix),
             finish_reason=finish,  # type: ignore[arg-type]
             elapsed_s=time.perf_counter() - start,
+            token_logprobs=None if self.token_logprob is None else [self.token_logprob] * used,
         )
 
 
@@ -87,7 +92,9 @@ def _apply_budget(full: str, request: SegmentRequest) -> tuple[str, str, int]:
 def build(cfg: MemberConfig, ctx: BuildContext) -> FunctionGenerator:
     """Build from config: ``options.fn`` names a callable as ``module:function``; ``options.delay_s`` optional."""
     fn = import_callable(cfg.options.get("fn"), f"member '{cfg.name}' options.fn")
-    return FunctionGenerator(cfg.name, fn, delay_s=float(cfg.options.get("delay_s", 0.0)))
+    sure = cfg.options.get("token_logprob")
+    return FunctionGenerator(cfg.name, fn, delay_s=float(cfg.options.get("delay_s", 0.0)),
+                             token_logprob=None if sure is None else float(sure))
 
 
 def import_callable(path: object, what: str) -> Callable[..., Any]:

@@ -14,6 +14,11 @@ tokens end at the right edge. Each step it
 Leading columns that are padding in every row are cut after each step, so the cache is never wider than the
 longest live row. The device lock is taken per step, so other work on the same model interleaves with the batch.
 
+A long prompt (more than ``chunk_tokens`` to prefill) is prefilled in chunks, one chunk per step, on its own
+cache row, and joins the batch when it is whole: the running rows keep decoding between its chunks instead of
+waiting for the whole prefill, and a caller that goes away stops its prefill at the next chunk. One long prompt
+is prefilled at a time; the prompts behind it wait their turn.
+
 Rows are merged by padding each layer's key/value tensors, which is only sound for full-attention
 ``DynamicLayer`` caches (Qwen2, Llama, SmolLM2, ...). Models with sliding-window or other layer kinds
 (Gemma-3) get no batcher; callers fall back to batches decoded start to finish (`HFGenerator.complete_many`).
@@ -64,6 +69,7 @@ class _Row:
     future: concurrent.futures.Future[Candidate]
     budget: int
     gen: torch.Generator | None = None
+    filled: int = 0  # prompt tokens whose keys and values are computed (chunked prefill)
     new: list[int] = field(default_factory=list)
     text: str = ""
     peak: int = 0  # the largest batch this row was decoded in
@@ -76,11 +82,17 @@ class StepBatcher:
     Args:
         member: The transformers member (its model, tokenizer, stop handling and device).
         max_batch: Rows decoded at once; later arrivals wait for a row to finish.
+        chunk_tokens: A prompt with more tokens than this to prefill is prefilled this many at a time, with a
+            decode step of the running rows between chunks.
     """
 
-    def __init__(self, member: HFGenerator, *, max_batch: int) -> None:
+    def __init__(self, member: HFGenerator, *, max_batch: int, chunk_tokens: int = 256) -> None:
         self.member = member
         self.max_batch = max_batch
+        self.chunk_tokens = max(1, chunk_tokens)
+        self.chunked = 0  # prompts prefilled in chunks (for tests and benchmarks)
+        # A long prompt being prefilled chunk by chunk: the row, its shared head, its cache so far.
+        self._filling: tuple[_Row, list[int], Any] | None = None
         self.peaks: deque[int] = deque(maxlen=1000)  # per finished request: the largest batch it shared
         self._incoming: deque[_Row] = deque()
         self._cond = threading.Condition()
@@ -133,27 +145,90 @@ class StepBatcher:
         lock = device_lock(str(self.member.model.device))
         while True:
             with self._cond:
-                while not self._incoming and not self._rows and not self._closed:
+                while not self._incoming and not self._rows and not self._filling and not self._closed:
                     self._cond.wait()
                 if self._closed:
-                    self._fail([*self._rows, *self._incoming], "the batcher was closed")
+                    filling = [self._filling[0]] if self._filling else []
+                    self._fail([*self._rows, *filling, *self._incoming], "the batcher was closed")
                     self._incoming.clear()
+                    self._filling = None
                     return
-                arrivals: list[_Row] = []
-                while self._incoming and len(self._rows) + len(arrivals) < self.max_batch:
-                    row = self._incoming.popleft()
-                    if not row.future.cancelled():
-                        arrivals.append(row)
+                arrivals = self._take()
             try:
                 import torch
 
                 with lock, torch.inference_mode():
                     if arrivals:
                         self._admit(arrivals)
-                    self._step()
+                    if self._filling is not None:
+                        self._fill_chunk()
+                    if self._rows:
+                        self._step()
             except Exception as exc:  # fail this batch, keep serving later requests
-                self._fail([*self._rows, *arrivals], f"{type(exc).__name__}: {exc}")
+                filling = [self._filling[0]] if self._filling else []
+                self._fail([*self._rows, *arrivals, *filling], f"{type(exc).__name__}: {exc}")
                 self._reset()
+                self._filling = None
+
+    def _take(self) -> list[_Row]:
+        """New rows to prefill whole this step, in arrival order; the first long one starts a chunked prefill
+        (under the lock)."""
+        arrivals: list[_Row] = []
+        while self._incoming and len(self._rows) + len(arrivals) + (self._filling is not None) < self.max_batch:
+            row = self._incoming[0]
+            if row.future.cancelled():
+                self._incoming.popleft()
+                continue
+            head = self._head_if_shared(row)
+            if len(row.prompt) - len(head) > self.chunk_tokens:
+                if self._filling is not None:
+                    break  # one long prompt at a time; later ones keep their place in line
+                self._incoming.popleft()
+                self._filling = (row, head, None)
+                continue
+            arrivals.append(self._incoming.popleft())
+        return arrivals
+
+    def _head_if_shared(self, row: _Row) -> list[int]:
+        head = self._head()
+        return head if head and len(row.prompt) > len(head) and row.prompt[: len(head)] == head else []
+
+    def _fill_chunk(self) -> None:
+        """Prefill the next chunk of the long prompt; when it is whole, merge its row into the batch."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        from ensemblehub_core._torch import seeded_generator
+
+        assert self._filling is not None
+        row, head, cache = self._filling
+        if row.future.cancelled():  # the caller went away: the rest of its prompt is not computed
+            self._filling = None
+            return
+        m = self.member
+        dev = m.model.device
+        if cache is None:
+            if head:
+                self._head_kv(head)
+                cache = copy.deepcopy(self._head_cache)
+            else:
+                cache = DynamicCache(config=m.model.config)
+            row.filled = len(head)
+        end = min(len(row.prompt), row.filled + self.chunk_tokens)
+        ids = torch.tensor([row.prompt[row.filled : end]], device=dev)
+        mask = torch.ones((1, end), dtype=torch.long, device=dev)
+        positions = torch.arange(row.filled, end, device=dev).unsqueeze(0)
+        logits = m._batch_forward(ids, mask, positions, cache)
+        row.filled = end
+        if end < len(row.prompt):
+            self._filling = (row, head, cache)
+            return
+        self._filling = None
+        self.chunked += 1
+        row.gen = seeded_generator(row.request.seed, dev)
+        self._merge([row], cache, mask, positions[:, -1:] + 1, logits)
 
     def _admit(self, arrivals: list[_Row]) -> None:
         """Prefill the new prompts and merge their cache rows into the running batch.
@@ -161,12 +236,11 @@ class StepBatcher:
         Prompts that start with the template's shared head (`_head`) reuse its cached keys and values and
         prefill only the rest; the others are prefilled whole.
         """
-        import torch
 
         from ensemblehub_core._torch import seeded_generator
 
         head = self._head()
-        shares = [bool(head) and len(r.prompt) > len(head) and r.prompt[: len(head)] == head for r in arrivals]
+        shares = [bool(self._head_if_shared(r)) for r in arrivals]
         for group, prefix in (([r for r, s in zip(arrivals, shares, strict=True) if s], head),
                               ([r for r, s in zip(arrivals, shares, strict=True) if not s], [])):
             if not group:
@@ -174,13 +248,19 @@ class StepBatcher:
             cache, mask, positions, logits = self._prefill(group, prefix)
             for r in group:
                 r.gen = seeded_generator(r.request.seed, self.member.model.device)
-            if not self._rows:
-                self._cache, self._mask, self._positions, self._logits = cache, mask, positions, logits
-            else:
-                self._cache, self._mask = _stack(self._cache, self._mask, cache, mask)
-                self._positions = torch.cat([self._positions, positions])
-                self._logits = torch.cat([self._logits, logits])
-            self._rows.extend(group)
+            self._merge(group, cache, mask, positions, logits)
+
+    def _merge(self, group: list[_Row], cache: Any, mask: Any, positions: Any, logits: Any) -> None:
+        """Rows whose prompts are prefilled join the running batch."""
+        import torch
+
+        if not self._rows:
+            self._cache, self._mask, self._positions, self._logits = cache, mask, positions, logits
+        else:
+            self._cache, self._mask = _stack(self._cache, self._mask, cache, mask)
+            self._positions = torch.cat([self._positions, positions])
+            self._logits = torch.cat([self._logits, logits])
+        self._rows.extend(group)
 
     def _prefill(self, group: list[_Row], prefix: list[int]) -> tuple[Any, Any, Any, Any]:
         """Cache, mask, next positions and last logits of ``group``, whose prompts all start with ``prefix``.
@@ -191,7 +271,6 @@ class StepBatcher:
         """
         import copy
 
-        import torch
         from transformers import DynamicCache
 
         from ensemblehub_core._torch import left_padded
@@ -201,17 +280,26 @@ class StepBatcher:
         pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
         ids, mask, positions = left_padded([r.prompt[len(prefix) :] for r in group], pad, dev, head=len(prefix))
         if prefix:
-            if self._head_cache is None:
-                self._head_cache = DynamicCache(config=m.model.config)
-                n = len(prefix)
-                m._batch_forward(torch.tensor([prefix], device=dev), torch.ones((1, n), dtype=torch.long, device=dev),
-                                 torch.arange(n, device=dev).unsqueeze(0), self._head_cache)
+            self._head_kv(prefix)
             cache = copy.deepcopy(self._head_cache)
             cache.batch_repeat_interleave(len(group))
         else:
             cache = DynamicCache(config=m.model.config)
         logits = m._batch_forward(ids, mask, positions, cache)
         return cache, mask, positions[:, -1:] + 1, logits
+
+    def _head_kv(self, head: list[int]) -> None:
+        """Compute the shared head's keys and values once."""
+        import torch
+        from transformers import DynamicCache
+
+        if self._head_cache is None:
+            m = self.member
+            dev = m.model.device
+            self._head_cache = DynamicCache(config=m.model.config)
+            n = len(head)
+            m._batch_forward(torch.tensor([head], device=dev), torch.ones((1, n), dtype=torch.long, device=dev),
+                             torch.arange(n, device=dev).unsqueeze(0), self._head_cache)
 
     def _head(self) -> list[int]:
         """The token ids every one-user-turn prompt starts with (system prompt, role header), found once by

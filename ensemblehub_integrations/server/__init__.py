@@ -29,6 +29,9 @@ def serve(
 ) -> None:
     """Run the server with uvicorn until interrupted (``ensemblehub serve``).
 
+    The port is bound before anything else, so a port in use fails at once; models load afterwards while
+    ``/status`` says ``loading``. SIGTERM drains the server (see `lifecycle.ReplicaServer`) and it returns.
+
     Args:
         config: A `Hub`, a `HubConfig`, a YAML path, or None for the packaged default config.
         host: Interface to bind; the default serves this machine only.
@@ -36,9 +39,21 @@ def serve(
         api_key: Require this bearer key (ENSEMBLEHUB_API_KEY and the config's ``server.api_keys`` count
             too).
         log_level: uvicorn's log level.
+
+    Raises:
+        EnsembleHubError: the address cannot be bound (a port out of range or in use).
     """
     import uvicorn
 
-    app = create_app(config, api_key=api_key)
-    # One worker process: the models live in this process's memory and are shared by all requests.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    from ensemblehub_integrations.server.lifecycle import ReplicaServer, bind, guarded_protocol
+
+    sock = bind(host, port)
+    try:
+        app = create_app(config, api_key=api_key)
+        settings = app.state.server.settings
+        # One worker process: the models live in this process's memory and are shared by all requests.
+        cfg = uvicorn.Config(app, log_level=log_level, http=guarded_protocol(settings.header_timeout_s),
+                             timeout_graceful_shutdown=5)
+        ReplicaServer(cfg, state=app.state.server, grace_s=settings.shutdown_grace_s).run(sockets=[sock])
+    finally:
+        sock.close()

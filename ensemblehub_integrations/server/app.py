@@ -26,13 +26,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ensemblehub_core._text import redact_userinfo
 from ensemblehub_core.config import HubConfig
 from ensemblehub_core.engine import EnsembleChunk
 from ensemblehub_core.exceptions import EnsembleHubError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.types import Candidate, EnsembleResult, Message
-from ensemblehub_integrations.server.errors import APIError, from_engine, install_handlers, unexpected
+from ensemblehub_integrations.server.errors import APIError, from_engine, install_handlers, load_failed, unexpected
 from ensemblehub_integrations.server.limits import BodyLimit
 from ensemblehub_integrations.server.protocol import (
     ChatCompletionRequest,
@@ -91,6 +92,16 @@ class _Merged:
         self._head: list[tuple[int, EnsembleChunk | Exception | _End]] = []
         self._left = len(streams)
         self._tasks = [asyncio.create_task(self._pump(i, s)) for i, s in enumerate(streams)]
+        self._ended = False
+
+    def abort(self, err: Exception) -> None:
+        """End the runs now; the consumer gets ``err`` next (a timeout, the server shutting down)."""
+        if self._ended:
+            return
+        self._ended = True
+        self._queue.put_nowait((-1, err))
+        for task in self._tasks:
+            task.cancel()
 
     async def _pump(self, index: int, stream: AsyncIterator[EnsembleChunk]) -> None:
         try:
@@ -125,6 +136,7 @@ class _Merged:
                 yield index, item
 
     async def aclose(self) -> None:
+        self._ended = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -141,6 +153,9 @@ class ServerState:
         self.loading: dict[str, str] = dict.fromkeys(settings.preload, "pending")
         self.errors: dict[str, str] = {}
         self.created = int(time.time())
+        #: Set by a SIGTERM (see `lifecycle.ReplicaServer`): new requests get a 503, /health says so.
+        self.draining = False
+        self.inflight: set[_Merged] = set()
         self._preload: asyncio.Task[None] | None = None
         self._building: dict[str, asyncio.Future[Runner]] = {}
 
@@ -166,21 +181,35 @@ class ServerState:
             try:
                 await self.runner(name)
             except APIError as err:
-                self.loading[name], self.errors[name] = "error", err.message
-                log.error("ensemble '%s' failed to load: %s", name, err.message)
+                cause = err.__cause__
+                self.loading[name] = "error"
+                self.errors[name] = redact_userinfo(f"{type(cause).__name__}: {cause}" if cause else err.message)
             else:
                 self.loading[name] = "ready"
                 log.info("ensemble '%s' is ready", name)
 
-    def status(self) -> tuple[int, dict[str, Any]]:
-        if self.errors:
+    def status(self, *, details: bool = False) -> tuple[int, dict[str, Any]]:
+        """Readiness. Load errors can name files and hosts: their text only goes to a caller with a valid key
+        (``details``); others see that an ensemble failed and where to look."""
+        if self.draining:
+            state = "shutting_down"
+        elif self.errors:
             state = "error"
         elif all(v == "ready" for v in self.loading.values()):
             state = "ready"
         else:
             state = "loading"
-        body = {"status": state, "ensembles": dict(self.loading), "errors": dict(self.errors)}
+        errors = dict(self.errors) if details else {
+            name: "failed to load; the server log has the details" for name in self.errors}
+        body = {"status": state, "ensembles": dict(self.loading), "errors": errors}
         return (200 if state == "ready" else 503), body
+
+    def end_inflight(self) -> None:
+        """End every request still running (the grace period of a shutdown is over)."""
+        for merged in list(self.inflight):
+            merged.abort(APIError(503, "the server is shutting down and its grace period is over; retry the "
+                                  "request (on another replica)", code="shutting_down",
+                                  headers={"Retry-After": "1"}))
 
     # -- ensembles ---------------------------------------------------------------------------------------
     async def runner(self, name: str) -> Runner:
@@ -211,8 +240,7 @@ class ServerState:
         except EnsembleHubError as exc:
             raise from_engine(exc) from exc
         except Exception as exc:
-            raise APIError(500, f"ensemble '{name}' could not be built: {type(exc).__name__}: {exc}",
-                           code="model_load_failed") from exc
+            raise load_failed(f"{type(exc).__name__}: {exc}", name) from exc
         s = self.settings
         runner = make_runner(ensemble, max_concurrency=s.max_concurrency, max_batch=s.max_batch_size,
                              window_s=s.batch_window_s)
@@ -227,7 +255,14 @@ class ServerState:
 
     # -- requests ----------------------------------------------------------------------------------------
     async def respond(self, job: Job, request: Request) -> Response:
+        if self.draining:
+            raise APIError(503, "the server is shutting down; retry the request (on another replica)",
+                           code="shutting_down", headers={"Retry-After": "1"})
         name = self.check_model(job.model)
+        cap = self.settings.max_tokens
+        if cap and job.params.get("max_tokens", 0) > cap:
+            raise APIError(400, f"'max_tokens' is {job.params['max_tokens']}; this server allows at most {cap}",
+                           param="max_tokens", code="invalid_value")
         if job.choices > self.settings.max_choices:
             raise APIError(400, f"this request asks for {job.choices} answers (n × prompts); at most "
                            f"{self.settings.max_choices} are allowed", param="n", code="too_many_choices")
@@ -235,13 +270,19 @@ class ServerState:
         lease = self.admission.admit()
         try:
             runner = await self.runner(name)
+            await self._check_prompt_budget(job, runner)
             scorer = _logprobs_member(job, runner) if job.logprobs_requested else None
             if scorer is not None and job.echo:
+                timeout = self.settings.request_timeout_s or None
                 try:
-                    return JSONResponse(await self._score_prompts(job, scorer, runner))
+                    return JSONResponse(await asyncio.wait_for(self._score_prompts(job, scorer, runner), timeout))
+                except TimeoutError:
+                    # The forward pass already running finishes in its thread; the client is answered now.
+                    raise APIError(504, f"scoring the prompt took longer than the server's limit of {timeout:g} s; "
+                                   "send shorter prompts, or raise server.request_timeout_s", code="timeout") from None
                 finally:
                     lease.release()
-            merged = _Merged([runner.stream(p, params) for p, params in self._runs(job, runner)])
+            merged = self._track(_Merged([runner.stream(p, params) for p, params in self._runs(job, runner)]))
         except BaseException:
             lease.release()
             raise
@@ -269,6 +310,51 @@ class ServerState:
         weakref.finalize(body, lease.release)  # a stream that never started still gives its place back
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _check_prompt_budget(self, job: Job, runner: Runner) -> None:
+        """Refuse a prompt over ``server.max_prompt_tokens``, counted with each local member's tokenizer (a
+        member behind HTTP is bounded by its own server), before any of it is computed."""
+        limit = self.settings.max_prompt_tokens
+        if not limit:
+            return
+
+        def too_long(what: str) -> APIError:
+            return APIError(400, f"the prompt is {what}, longer than this server's limit of {limit} tokens per "
+                            "prompt; shorten it", param=job.prompt_field, code="prompt_too_long")
+
+        for ids in job.prompt_ids:
+            if len(ids) > limit:
+                raise too_long(f"{len(ids)} tokens")
+        counters = [m for m in runner.ensemble.members.values() if getattr(m, "tokenizer", None) is not None
+                    and callable(getattr(m, "encode_prompt", None))]
+        for prompt in job.prompts:
+            for member in counters:
+                try:
+                    n = len(await asyncio.to_thread(member.encode_prompt, prompt))  # type: ignore[attr-defined]
+                except EnsembleHubError as exc:
+                    raise from_engine(exc, prompt_field=job.prompt_field) from exc
+                if n > limit:
+                    raise too_long(f"{n} tokens for member '{member.name}'")
+
+    def _track(self, merged: _Merged) -> _Merged:
+        """Count a request in flight until it ends, and end it at the request timeout."""
+        self.inflight.add(merged)
+        timeout = self.settings.request_timeout_s
+        timer = None
+        if timeout:
+            timer = asyncio.get_running_loop().call_later(timeout, merged.abort, APIError(
+                504, f"the request ran longer than the server's limit of {timeout:g} s and was stopped; ask for "
+                "fewer tokens, or raise server.request_timeout_s", code="timeout"))
+        closing = merged.aclose
+
+        async def aclose() -> None:
+            self.inflight.discard(merged)
+            if timer is not None:
+                timer.cancel()
+            await closing()
+
+        merged.aclose = aclose  # type: ignore[method-assign]
+        return merged
 
     @staticmethod
     async def _score_prompts(job: Job, member: Generator, runner: Runner) -> dict[str, Any]:
@@ -438,31 +524,40 @@ def create_app(
                   description="OpenAI-compatible API over configured LLM ensembles.")
     app.state.server = state
     install_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=state.settings.max_body_bytes, timeout_s=state.settings.body_timeout_s)
     bearer = HTTPBearer(auto_error=False, description="Required when the server is configured with API keys.")
     keys = [k.encode() for k in state.settings.api_keys]
+
+    def valid_key(creds: HTTPAuthorizationCredentials | None) -> bool:
+        """A configured key was sent (compared with every key in constant time, so timing tells nothing)."""
+        given = creds.credentials.encode() if creds is not None else b""
+        return bool(keys) and any([hmac.compare_digest(given, k) for k in keys])  # a list: no short-circuit
 
     async def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         if not keys:
             return
-        given = creds.credentials.encode() if creds is not None else b""
-        # Compare against every key in constant time so timing does not tell how much of a key was right.
-        if not any([hmac.compare_digest(given, k) for k in keys]):  # a list: no short-circuit, on purpose
+        if not valid_key(creds):
             raise APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     guarded = [Depends(authorize)]
 
     @app.get("/health", tags=["status"])
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """Health: ``ok`` (200) while the process can serve; ``error`` (503) when a preloaded ensemble failed to
+        load, ``shutting_down`` (503) while it drains."""
+        if state.draining:
+            return JSONResponse({"status": "shutting_down"}, status_code=503, headers={"Retry-After": "1"})
+        if state.errors:
+            return JSONResponse({"status": "error"}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/status", tags=["status"], response_model=StatusResponse,
-             responses={503: {"model": StatusResponse, "description": "Still loading, or a load failed"}})
-    async def status() -> JSONResponse:
-        """Readiness: ``ready`` once the preloaded ensembles are built, else ``loading``/``error`` (503)."""
-        code, body = state.status()
+             responses={503: {"model": StatusResponse, "description": "Loading, failed, or shutting down"}})
+    async def status(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> JSONResponse:  # noqa: B008
+        """Readiness: ``ready`` once the preloaded ensembles are built, else ``loading``/``error``/``shutting_down``
+        (503). Why a load failed is shown to callers with a valid API key only."""
+        code, body = state.status(details=valid_key(creds))
         return JSONResponse(body, status_code=code)
 
     @app.get("/v1/models", tags=["models"], response_model=ModelList, dependencies=guarded,

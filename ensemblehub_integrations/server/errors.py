@@ -7,9 +7,11 @@ traceback. Unexpected errors are logged with their traceback on the server side.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
+from ensemblehub_core._text import redact_userinfo
 from ensemblehub_core.exceptions import (
     AllMembersFailed,
     CapabilityError,
@@ -21,13 +23,17 @@ from ensemblehub_core.exceptions import (
     ScorerError,
 )
 
-__all__ = ["APIError", "error_body", "from_engine", "install_handlers"]
+__all__ = ["APIError", "error_body", "from_engine", "install_handlers", "load_failed", "unexpected"]
 
 log = logging.getLogger("ensemblehub.server")
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
           405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-          503: "service_unavailable"}
+          503: "service_unavailable", 504: "timeout"}
+#: Every error carries a code; these are the defaults where a more precise one is not given.
+_CODES = {400: "invalid_value", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+          408: "request_timeout", 413: "request_too_large", 429: "queue_full", 500: "internal_error",
+          503: "unavailable", 504: "timeout"}
 
 
 class APIError(Exception):
@@ -38,7 +44,7 @@ class APIError(Exception):
         message: What went wrong and what to do about it.
         type: OpenAI's error type (default: derived from the status).
         param: The request field at fault, if any.
-        code: A short machine-readable code.
+        code: A short machine-readable code (default: one derived from the status, never null).
         headers: Extra response headers (``Retry-After``, ``WWW-Authenticate``).
     """
 
@@ -52,12 +58,13 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = redact_userinfo(message)  # a member's URL may carry credentials: never sent to a client
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         self.param = param
-        self.code = code
+        self.code = code or _CODES.get(status, "server_error" if status >= 500 else "invalid_request")
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -78,10 +85,19 @@ def from_engine(exc: EnsembleHubError, *, prompt_field: str = "messages") -> API
     if isinstance(exc, CapabilityError):
         return APIError(400, msg, code="unsupported")
     if isinstance(exc, ConfigError | ModelLoadError):
-        return APIError(500, f"the ensemble could not be built: {msg}", code="model_load_failed")
+        return load_failed(msg)
     if isinstance(exc, AllMembersFailed | GeneratorError | ScorerError):
         return APIError(500, f"generation failed: {msg}", code="generation_failed")
     return APIError(500, msg, code="ensemble_error")
+
+
+def load_failed(detail: str, name: str | None = None) -> APIError:
+    """An ensemble that could not be built: a 503 (another replica may serve it) without the detail, which can
+    hold file paths; the detail goes to the server log."""
+    log.error("ensemble %scould not be built: %s", f"'{name}' " if name else "", redact_userinfo(detail))
+    which = f"ensemble '{name}'" if name else "the ensemble"
+    return APIError(503, f"{which} could not be built (its models failed to load); the server log has the details",
+                    code="model_load_failed")
 
 
 def unexpected(exc: BaseException, *, log_it: bool = True) -> APIError:
@@ -113,14 +129,28 @@ def _validation_error(errors: list[Any]) -> APIError:
     return APIError(400, f"{where}: {err.get('msg', 'invalid value')}", param=param, code="invalid_value")
 
 
+def _error_json_class() -> Any:
+    from fastapi.responses import JSONResponse
+
+    class ErrorJSON(JSONResponse):
+        """ASCII JSON: an error that quotes a client's malformed text (a lone surrogate) still encodes."""
+
+        def render(self, content: Any) -> bytes:
+            return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+    return ErrorJSON
+
+
 def install_handlers(app: Any) -> None:
     """Make every error response of ``app`` (a FastAPI app) take OpenAI's shape."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    ErrorJSON = _error_json_class()
+
     def respond(err: APIError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        return ErrorJSON(err.body(), status_code=err.status, headers=err.headers)
 
     async def api_error(_: Any, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)

@@ -1,7 +1,9 @@
-"""`BodyLimit`: request bodies larger than the configured bound get a 413 before any of it is parsed."""
+"""`BodyLimit`: request bodies larger than the configured bound get a 413 before any of it is parsed, and
+bodies that arrive too slowly a 408."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -20,11 +22,13 @@ class BodyLimit:
     Args:
         app: The ASGI app.
         max_bytes: The largest body accepted.
+        timeout_s: How long the whole body may take to arrive (a client that stalls holds a socket).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -36,8 +40,16 @@ class BodyLimit:
             return
         chunks: list[bytes] = []
         size = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), None if deadline is None else deadline - loop.time())
+            except TimeoutError:
+                await self._refuse(send, APIError(
+                    408, f"the request body did not arrive within {self.timeout_s:g} s; send it at once",
+                    code="request_timeout"))
+                return
             if message["type"] != "http.request":  # the client left before sending it all
                 return
             size += len(message.get("body", b""))
@@ -54,11 +66,11 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Any) -> None:
-        err = APIError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
-                       "send a shorter prompt (or raise server.max_body_mb)", code="request_too_large")
+    async def _refuse(self, send: Any, err: APIError | None = None) -> None:
+        err = err or APIError(413, f"the request body is larger than the server's limit of {self.max_bytes} bytes; "
+                              "send a shorter prompt (or raise server.max_body_mb)", code="request_too_large")
         body = json.dumps(err.body()).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await send({"type": "http.response.start", "status": err.status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ensemblehub_core._text import find_surrogate
 from ensemblehub_core.engine import to_messages
 from ensemblehub_core.exceptions import InputError
 from ensemblehub_core.tools import ToolSpec
@@ -41,8 +42,9 @@ TraceLevel = Literal["summary", "full"]
 
 # -- requests -----------------------------------------------------------------------------------------------
 class _Lenient(BaseModel):
-    # Unknown fields are ignored (logged by the app): clients and proxies add their own.
-    model_config = ConfigDict(extra="allow")
+    # Unknown fields are ignored (logged by the app): clients and proxies add their own. Known fields are strict:
+    # "10" is not a number and "yes" is not a boolean (an integer is still a float).
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 class StreamOptions(_Lenient):
@@ -67,7 +69,7 @@ class ChatMessage(_Lenient):
 class _GenerationRequest(_Lenient):
     """Fields shared by both endpoints."""
 
-    model: str | None = Field(default=None, description="A configured ensemble (default: the default one).")
+    model: str = Field(description="A configured ensemble, by name (GET /v1/models lists them).")
     max_tokens: int | None = Field(default=None, ge=1, le=_INT32)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
@@ -193,7 +195,7 @@ class ErrorResponse(BaseModel):
 
 
 class StatusResponse(BaseModel):
-    status: Literal["ready", "loading", "error"]
+    status: Literal["ready", "loading", "error", "shutting_down"]
     ensembles: dict[str, str] = Field(default_factory=dict, description="Each preloaded ensemble's state.")
     errors: dict[str, str] = Field(default_factory=dict)
 
@@ -214,7 +216,7 @@ class Job:
     """
 
     kind: Literal["chat", "completion"]
-    model: str | None
+    model: str
     prompts: list[list[Message]]
     texts: list[str] = field(default_factory=list)
     n: int = 1
@@ -238,8 +240,18 @@ def _unsupported(param: str, what: str) -> APIError:
                     code="unsupported_parameter")
 
 
+def _check_text(req: _GenerationRequest) -> None:
+    """Refuse a lone UTF-16 surrogate anywhere in the request: JSON can escape one (``"\\ud800"``) but it is not
+    text, and no tokenizer can read it."""
+    bad = find_surrogate(req.model_dump(exclude_unset=True))
+    if bad is not None:
+        raise APIError(400, f"'{bad}' holds a lone UTF-16 surrogate (an escape such as \\ud800 without its pair), "
+                       "which is not valid Unicode text; send well-formed text", param=bad, code="invalid_text")
+
+
 def _common(req: _GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
     """Check the shared fields; return the engine's generation overrides."""
+    _check_text(req)
     if req.presence_penalty:
         raise _unsupported("presence_penalty", "send 0 or leave it out")
     if req.frequency_penalty:
@@ -249,9 +261,10 @@ def _common(req: _GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
     if stop is not None:
         if len(stop) > 16:
-            raise APIError(400, f"'stop' has {len(stop)} strings; at most 16 are allowed", param="stop")
+            raise APIError(400, f"'stop' has {len(stop)} strings; at most 16 are allowed", param="stop",
+                           code="invalid_value")
         if any(not s for s in stop):
-            raise APIError(400, "'stop' strings must not be empty", param="stop")
+            raise APIError(400, "'stop' strings must not be empty", param="stop", code="invalid_value")
     params: dict[str, Any] = {
         "max_tokens": max_tokens,
         "temperature": req.temperature,

@@ -29,6 +29,12 @@ class ServerSettings:
         batch_window_s: How long a batch waits for more requests to join.
         max_choices: Upper bound on ``n`` × prompts in one request.
         max_body_bytes: Largest request body accepted (a larger one gets a 413).
+        request_timeout_s: A request still running after this long is stopped (0: never).
+        max_tokens: The largest ``max_tokens`` a request may ask for (0: no bound but the context).
+        max_prompt_tokens: The longest prompt, in a local member's tokens (0: no bound but the context).
+        header_timeout_s: Deadline for a request's headers (the connection is closed).
+        body_timeout_s: Deadline for a request's body (a 408).
+        shutdown_grace_s: After SIGTERM, how long requests in flight may run on.
         prime_s: How long a streamed request waits for its first event before the response starts, so that
             an error found at once (a prompt longer than the context) is an HTTP error, not an error event.
     """
@@ -41,16 +47,23 @@ class ServerSettings:
     batch_window_s: float = 0.01
     max_choices: int = 32
     max_body_bytes: int = 8 * 2**20
+    request_timeout_s: float = 600.0
+    max_tokens: int = 0
+    max_prompt_tokens: int = 0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    shutdown_grace_s: float = 30.0
     prime_s: float = 0.05
 
     @classmethod
     def from_config(
         cls, cfg: HubConfig, *, api_key: str | None = None, environ: Mapping[str, str] | None = None
     ) -> ServerSettings:
-        """Settings from a config's ``server:`` section, plus ``api_key`` and ``ENSEMBLEHUB_API_KEY``."""
+        """Settings from a config's ``server:`` section, plus ``api_key`` and ``ENSEMBLEHUB_API_KEY`` (each
+        comma-separated)."""
         env = os.environ if environ is None else environ
         s = cfg.server
-        keys = [*s.api_keys, *([api_key] if api_key else []), *env.get(API_KEY_ENV, "").split(",")]
+        keys = [*s.api_keys, *(api_key or "").split(","), *env.get(API_KEY_ENV, "").split(",")]
         if s.preload == "all":
             preload = list(cfg.ensembles)
         elif s.preload == "default":
@@ -68,4 +81,10 @@ class ServerSettings:
             batch_window_s=s.batch_window_ms / 1000,
             max_choices=s.max_choices,
             max_body_bytes=int(s.max_body_mb * 2**20),
+            request_timeout_s=s.request_timeout_s,
+            max_tokens=s.max_tokens,
+            max_prompt_tokens=s.max_prompt_tokens,
+            header_timeout_s=s.header_timeout_s,
+            body_timeout_s=s.body_timeout_s,
+            shutdown_grace_s=s.shutdown_grace_s,
         )

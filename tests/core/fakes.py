@@ -30,3 +30,26 @@ def echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> s
 
 def prefers_steps(request: object, candidate: object) -> float:
     return 1.0 if "Step" in candidate.text or "answer" in candidate.text else 0.0  # type: ignore[attr-defined]
+
+
+def _sum(messages: Sequence[Message]) -> int:
+    import re
+
+    a, b = (int(x) for x in re.findall(r"\d+", messages[-1].content)[:2])
+    return a + b
+
+
+def adds_right(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    return f"The answer is {_sum(messages)}."
+
+
+def adds_wrong(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    return f"The answer is {_sum(messages) + 1}."
+
+
+def slow_echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`echo` at 20 ms a call: slow enough for a test to kill a batch run between examples."""
+    import time
+
+    time.sleep(0.02)
+    return f"You said: {messages[-1].content}"

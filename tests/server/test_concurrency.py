@@ -90,23 +90,27 @@ def test_status_is_loading_then_ready_and_the_loop_stays_free() -> None:
         assert r.json() == {"status": "ready", "ensembles": {"big": "ready"}, "errors": {}}
 
 
-def test_status_reports_a_failed_load() -> None:
+def test_status_and_health_report_a_failed_load_without_leaking_its_detail() -> None:
     cfg = _config_with({
         "ok": {"members": [{"name": "e", "backend": "function", "options": {"fn": "tests.server.fakes:echo"}}]},
         "bad": {"members": [{"name": "m", "backend": "broken-build"}]},
     }, "all")
-    with running(create_app(cfg, api_key=""), wait_ready=False) as served:
+    key = {"Authorization": "Bearer k"}
+    with running(create_app(cfg, api_key="k"), wait_ready=False) as served:
         deadline = time.monotonic() + 10
         while (body := httpx2.get(f"{served.url}/status").json())["status"] == "loading":
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert body["status"] == "error"
-        assert "weights not found" in body["errors"]["bad"]
+        assert "weights not found" not in str(body) and "server log" in body["errors"]["bad"]
+        assert "weights not found" in httpx2.get(f"{served.url}/status", headers=key).json()["errors"]["bad"]
         assert httpx2.get(f"{served.url}/status").status_code == 503
-        r = httpx2.post(f"{served.url}/v1/chat/completions", json={"model": "bad", "messages": Q})
-        assert r.status_code == 500
-        assert r.json()["error"]["code"] == "model_load_failed"
-        r = httpx2.post(f"{served.url}/v1/chat/completions", json={"model": "ok", "messages": Q})
+        health = httpx2.get(f"{served.url}/health")
+        assert health.status_code == 503 and health.json() == {"status": "error"}
+        r = httpx2.post(f"{served.url}/v1/chat/completions", json={"model": "bad", "messages": Q}, headers=key)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "model_load_failed" and "weights" not in r.text
+        r = httpx2.post(f"{served.url}/v1/chat/completions", json={"model": "ok", "messages": Q}, headers=key)
         assert r.status_code == 200
 
 

@@ -85,8 +85,8 @@ def test_bare_prompt_without_messages_field(http: Any) -> None:
     r = http.post("/v1/chat/completions", json={"prompt": "hello there", "model": "echo"})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "You said: hello there"
-    r = http.post("/v1/chat/completions", json={"prompt": "no model given"})  # the default ensemble
-    assert r.json()["model"] == "duo"
+    r = http.post("/v1/chat/completions", json={"prompt": "no model given"})  # refused: name an ensemble
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
 
 
 def test_message_content_parts_and_roles(client: Any) -> None:

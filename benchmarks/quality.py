@@ -1,0 +1,335 @@
+"""Answer quality of each member alone and of the ensembles, paired on the same items (`make bench-quality`).
+
+For every set the members answer a dev split and a separate test split (greedy); their answers, token
+log-probabilities and the scorers' scores are kept per item in ``benchmarks/results/quality-records.jsonl``, so a
+stopped run resumes. Calibration (`ensemblehub_core.calibration`) is fitted on the dev split only; every figure
+is on the test split. Response-level selection among the members' answers is exactly what ``best_of_n`` over
+these members does with greedy answers, so it is computed from the kept answers; the segment ensembles run for
+real on the test items.
+
+    python -m benchmarks.quality                         # every set, 100 dev + 100 test items each
+    python -m benchmarks.quality --sets two_operand --test 60 --dev 40
+
+Each system gets accuracy with a 95% Wilson interval and a paired comparison with the best member on the same
+items: items won, items lost, and the exact McNemar p-value (two-sided binomial test on the discordant items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.datasets import Item, arithmetic, gsm_symbolic, is_correct, mmlu, two_operand
+from ensemblehub_core import calibration as cal
+from ensemblehub_core.config import HubConfig, load_config, parse_config
+from ensemblehub_core.engine import Ensemble, to_messages
+from ensemblehub_core.hub import Hub
+from ensemblehub_core.scorers.agreement import AgreementScorer
+from ensemblehub_core.scorers.base import ScoringPanel
+from ensemblehub_core.scorers.confidence import ConfidenceScorer
+from ensemblehub_core.scorers.cross_likelihood import CrossLikelihoodScorer
+from ensemblehub_core.scorers.likelihood import LikelihoodScorer
+from ensemblehub_core.types import Candidate
+
+RESULTS = Path(__file__).parent / "results"
+
+#: set name -> (items for the test split, items for the dev split, answer token budget)
+SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], int]] = {
+    "two_operand": (lambda n: two_operand(n, seed=7), lambda n: two_operand(n, seed=8), 32),
+    "mmlu": (lambda n: mmlu(n, seed=0), lambda n: mmlu(n, seed=1), 16),
+    "basic_arithmetic": (lambda n: arithmetic(n, seed=42), lambda n: arithmetic(n, seed=43), 64),
+    "gsm_symbolic": (lambda n: gsm_symbolic(n, seed=42), lambda n: gsm_symbolic(n, seed=43), 160),
+}
+MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ
+MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
+REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
+
+
+def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:
+    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype."""
+    data = cfg.model_dump(exclude_none=True)
+    for ens in data["ensembles"].values():
+        for m in ens["members"]:
+            m["dtype"] = dtype
+        for s in ens.get("scorer", []):
+            s["dtype"] = dtype
+    return parse_config(data, cfg.source)
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (centre - half, centre + half)
+
+
+def mcnemar_exact(won: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: a binomial test of ``won`` among the discordant items at 1/2."""
+    n = won + lost
+    if n == 0:
+        return 1.0
+    k = min(won, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _record_to_json(set_name: str, split: str, r: cal.Record) -> dict[str, Any]:
+    return {"set": set_name, "split": split, "id": r.id, "scores": r.scores, "correct": r.correct,
+            "candidates": [{"member": c.member, "text": c.text, "finish_reason": c.finish_reason,
+                            "token_count": c.token_count, "token_logprobs": c.token_logprobs, "error": c.error}
+                           for c in r.candidates]}
+
+
+def _record_from_json(row: dict[str, Any]) -> cal.Record:
+    cands = [Candidate(member=c["member"], text=c["text"], finish_reason=c["finish_reason"],
+                       token_count=c["token_count"], token_logprobs=c["token_logprobs"], error=c["error"])
+             for c in row["candidates"]]
+    return cal.Record(id=row["id"], candidates=cands, scores=row["scores"], correct=row["correct"])
+
+
+def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
+    """The scorers every selection rule draws on: confidence, answer agreement and the committee's likelihood."""
+    committee = [LikelihoodScorer(f"likelihood:{n}", g, member=n) for n, g in members.items()]
+    return ScoringPanel([(ConfidenceScorer("confidence"), 1.0),
+                         (AgreementScorer("agreement", similarity="answer", extractor=extractor), 1.0),
+                         (CrossLikelihoodScorer("cross_likelihood", committee), 1.0)])
+
+
+def records_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any],
+                panel: ScoringPanel, max_tokens: int) -> list[cal.Record]:
+    """The kept records of these items, answering and scoring only the ones not kept yet."""
+    kept: dict[tuple[str, str, str], cal.Record] = {}
+    if store.exists():
+        for line in store.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            kept[(row["set"], row["split"], row["id"])] = _record_from_json(row)
+    todo = [it for it in items if (set_name, split, it.id) not in kept]
+    if todo:
+        by_id = {it.id: it for it in todo}
+
+        def progress(done: int, total: int) -> None:
+            print(f"\r  {set_name} {split}: {done}/{total} answered", end="", flush=True)
+
+        for it in todo:  # one at a time, so a stopped run keeps what it did
+            def right(text: str, ref: str, item: Item = it) -> bool:
+                return is_correct(item, text)
+
+            (rec,) = asyncio.run(cal.collect(members, panel, [(it.id, to_messages(it.prompt), it.answer)],
+                                             right, max_tokens))
+            kept[(set_name, split, it.id)] = rec
+            with store.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(_record_to_json(set_name, split, rec)) + "\n")
+            progress(len([i for i in by_id if (set_name, split, i) in kept]), len(todo))
+        print()
+    return [kept[(set_name, split, it.id)] for it in items]
+
+
+def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: Ensemble, max_tokens: int
+                ) -> list[cal.Record]:
+    """Self-consistency candidates: the ``vote-qwen-x5`` ensemble's five answers per item (greedy + 4 sampled),
+    with their token log-probabilities, kept like the members' records (split name suffixed ``-samples``)."""
+    kept: dict[str, cal.Record] = {}
+    tag = f"{split}-samples"
+    if store.exists():
+        for line in store.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row["set"] == set_name and row["split"] == tag:
+                kept[row["id"]] = _record_from_json(row)
+    todo = [it for it in items if it.id not in kept]
+    for n, it in enumerate(todo, 1):
+        result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+        cands = list(result.trace[0].candidates)
+        rec = cal.Record(id=it.id, candidates=cands, scores={}, correct=[c.ok and is_correct(it, c.text)
+                                                                           for c in cands])
+        kept[it.id] = rec
+        with store.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(_record_to_json(set_name, tag, rec)) + "\n")
+        print(f"\r  {set_name} {tag}: {n}/{len(todo)}", end="", flush=True)
+    if todo:
+        print()
+    return [kept[it.id] for it in items]
+
+
+def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate], float]) -> list[int]:
+    """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: earliest)."""
+    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+
+    marks = []
+    for r in records:
+        totals: dict[str, float] = {}
+        first: dict[str, int] = {}
+        for i, c in enumerate(r.candidates):
+            value = extract_auto(c.text) if c.ok else None
+            if value is None:
+                continue
+            key = answer_key(value)
+            totals[key] = totals.get(key, 0.0) + weight(c)
+            first.setdefault(key, i)
+        if not totals:
+            marks.append(int(r.correct[0]))
+            continue
+        best = max(totals, key=lambda k: (totals[k], -first[k]))
+        marks.append(int(r.correct[first[best]]))
+    return marks
+
+
+def vote_marks(records: list[cal.Record]) -> list[int]:
+    """Plain majority over the members' extracted answers (ties: the earliest member's answer)."""
+    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+
+    marks = []
+    for r in records:
+        keys = []
+        for c in r.candidates:
+            value = extract_auto(c.text) if c.ok else None
+            keys.append(None if value is None else answer_key(value))
+        counts = {k: keys.count(k) for k in keys if k is not None}
+        if not counts:
+            marks.append(int(r.correct[0]))
+            continue
+        top = max(counts.values())
+        win = next(i for i, k in enumerate(keys) if k is not None and counts[k] == top)
+        marks.append(int(r.correct[win]))
+    return marks
+
+
+def select_marks(records: list[cal.Record], panel: ScoringPanel, weights: dict[str, float],
+                 calibration: dict[str, tuple[float, float]]) -> list[int]:
+    return [int(cal.select_accuracy([r], panel, weights, calibration)) for r in records]
+
+
+def real_marks(ens: Ensemble, items: list[Item], max_tokens: int) -> tuple[list[int], dict[str, float]]:
+    """Run an ensemble on the items; its marks and the seconds spent generating vs scoring."""
+    marks, gen_s, score_s = [], 0.0, 0.0
+    for i, it in enumerate(items, 1):
+        result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+        marks.append(int(is_correct(it, result.text)))
+        gen_s += sum(r.generate_s for r in result.trace)
+        score_s += sum(r.score_s for r in result.trace)
+        print(f"\r  {ens.name:12s} {sum(marks)}/{i}", end="", flush=True)
+    print()
+    return marks, {"generate_s": round(gen_s, 2), "score_s": round(score_s, 2)}
+
+
+def rate(systems: dict[str, list[int]], members: list[str]) -> list[dict[str, Any]]:
+    """Accuracy, interval and the paired comparison with the best member for every system."""
+    best = max(members, key=lambda m: sum(systems[m]))
+    rows = []
+    for name, marks in systems.items():
+        n, k = len(marks), sum(marks)
+        won = sum(1 for a, b in zip(marks, systems[best], strict=True) if a and not b)
+        lost = sum(1 for a, b in zip(marks, systems[best], strict=True) if b and not a)
+        lo, hi = wilson(k, n)
+        rows.append({"system": name, "n": n, "accuracy": k / n, "ci95": [round(lo, 3), round(hi, 3)],
+                     "vs": best, "won": won, "lost": lost, "mcnemar_p": round(mcnemar_exact(won, lost), 4)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="two_operand,mmlu,basic_arithmetic,gsm_symbolic",
+                    help="comma-separated: " + ", ".join(SETS) + " (the mixed set comes from mmlu + two_operand)")
+    ap.add_argument("--test", type=int, default=100, help="test items per set")
+    ap.add_argument("--dev", type=int, default=100, help="dev items per set (calibration only)")
+    ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
+    ap.add_argument("--records", default=str(RESULTS / "quality-records.jsonl"))
+    ap.add_argument("--results", default=str(RESULTS / "quality.json"))
+    ap.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
+                    help="also rate self-consistency over Qwen's five answers (plain and confidence-weighted vote)")
+    ap.add_argument("--only-samples", action="store_true", help="only collect the self-consistency answers")
+    ap.add_argument("--samples-store", default=str(RESULTS / "quality-samples.jsonl"))
+    ap.add_argument("--dtype", default="float32",
+                    help="members' dtype (float32: CPUs without native bf16 run it 2-3x faster than bfloat16)")
+    args = ap.parse_args()
+    hub = Hub(with_dtype(load_config(), args.dtype))
+    members = {n: hub.ensemble("trio").members[n] for n in MEMBERS}
+    panels = {"auto": panel_of(members), "choice": panel_of(members, "choice")}
+    store = Path(args.records)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    sets = [s for s in args.sets.split(",") if s]
+    report: dict[str, Any] = {}
+    test_records: dict[str, list[cal.Record]] = {}
+    dev_records: dict[str, list[cal.Record]] = {}
+    test_items: dict[str, list[Item]] = {}
+    for set_name in sets:
+        make_test, make_dev, max_tokens = SETS[set_name]
+        t_items = make_test(args.test)
+        seen = {it.prompt for it in t_items}
+        d_items = [it for it in make_dev(args.dev + 10) if it.prompt not in seen][: args.dev]  # no overlap
+        test_items[set_name] = t_items
+        panel = panels["choice" if set_name == "mmlu" else "auto"]
+        if args.only_samples:
+            continue
+        dev_records[set_name] = records_for(store, set_name, "dev", d_items, members, panel, max_tokens)
+        test_records[set_name] = records_for(store, set_name, "test", t_items, members, panel, max_tokens)
+    sampled: dict[str, list[cal.Record]] = {}
+    if args.samples:
+        sc = hub.ensemble("vote-qwen-x5")
+        for set_name in sets:
+            sampled[set_name] = samples_for(Path(args.samples_store), set_name, "test", test_items[set_name], sc,
+                                            SETS[set_name][2])
+    if args.only_samples:
+        return
+    if all(s in sets for s in MIXED):
+        half = args.test // 2
+        test_records["mixed"] = [r for s in MIXED for r in test_records[s][:half]]
+        dev_records["mixed"] = [r for s in MIXED for r in dev_records[s][: args.dev // 2]]
+        test_items["mixed"] = [it for s in MIXED for it in test_items[s][:half]]
+    panel = panels["auto"]  # selection reads only the scorer names and weights, the same in both
+    for set_name, records in test_records.items():
+        t0 = time.perf_counter()
+        systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(MEMBERS)}
+        # Not a system: the most any rule that picks one of the members' answers could get.
+        systems["oracle: any member right"] = [int(any(r.correct)) for r in records]
+        systems["vote (members' answers)"] = vote_marks(records)
+        systems["best-of: raw confidence"] = select_marks(records, panel, {"confidence": 1.0, "agreement": 0.0,
+                                                                          "cross_likelihood": 0.0}, {})
+        systems["best-of: cross-likelihood"] = select_marks(records, panel, {"confidence": 0.0, "agreement": 0.0,
+                                                                            "cross_likelihood": 1.0}, {})
+        if set_name in sampled or (set_name == "mixed" and all(s in sampled for s in MIXED)):
+            samp = sampled.get(set_name) or [r for s in MIXED for r in sampled[s][: args.test // 2]]
+            systems["self-consistency qwen x5: vote"] = weighted_vote_marks(samp, lambda c: 1.0)
+            systems["self-consistency qwen x5: confidence-weighted vote"] = weighted_vote_marks(
+                samp, lambda c: math.exp(ConfidenceScorer("c").raw(c) or -50.0))
+        fitted = cal.fit(dev_records[set_name], panel, list(MEMBERS))
+        conf_only = {"confidence": 1.0, "agreement": 0.0, "cross_likelihood": 0.0}
+        systems["best-of: calibrated confidence"] = select_marks(records, panel, conf_only, fitted.calibration)
+        systems["best-of: calibrated panel"] = select_marks(records, panel, fitted.weights, fitted.calibration)
+        timing: dict[str, Any] = {}
+        for name in [n for n in args.real.split(",") if n]:
+            if set_name == "mixed":  # its items are the other sets' items: reuse those runs
+                prev = report.get(MIXED[0], {}).get("marks", {}).get(name)
+                nxt = report.get(MIXED[1], {}).get("marks", {}).get(name)
+                if prev is not None and nxt is not None:
+                    half = args.test // 2
+                    systems[f"{name} (segment, real run)"] = prev[:half] + nxt[:half]
+                continue
+            marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name], SETS[set_name][2])
+            systems[f"{name} (segment, real run)"] = marks
+        rows = rate(systems, list(MEMBERS))
+        report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,
+                            "weights": fitted.weights, "marks": {k.split(" (")[0]: v for k, v in systems.items()},
+                            "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"\n## {set_name} (test n={len(records)}, calibrated on {len(dev_records[set_name])} dev items)")
+        print("| system | accuracy (95% CI) | vs best member: won / lost | McNemar p |")
+        print("|---|---|---|---|")
+        for row in rows:
+            lo, hi = row["ci95"]
+            print(f"| {row['system']} | {row['accuracy']:.2f} ({lo:.2f}-{hi:.2f}) | {row['won']} / {row['lost']} "
+                  f"(vs {row['vs']}) | {row['mcnemar_p']:.3f} |")
+        for name, t in timing.items():
+            print(f"{name}: members generating {t['generate_s']} s, scorers {t['score_s']} s")
+        Path(args.results).write_text(json.dumps(report, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Calibrate an ensemble's scorers on a dev set (``ensemblehub calibrate``).
+
+Each member answers every dev item alone (greedy); the ensemble's scorers rate the answers; each answer is marked
+right or wrong against the item's reference answer. From these marks:
+
+- ``confidence`` is calibrated per member: a logistic fit of "right" on the member's own confidence gives a
+  slope and intercept, so each member's value becomes the log-odds that its answer is right, which compares
+  across members that sound sure to different degrees;
+- the panel's weights come from a logistic fit of "right" on every scorer's (calibrated) score.
+
+Accuracy is reported on a held-out part of the dev file that the fits never saw: picking among the members'
+answers with the panel as configured, then as calibrated (what ``best_of_n`` over these members does).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ensemblehub_core.exceptions import ConfigError, InputError
+from ensemblehub_core.types import Candidate, Message
+
+__all__ = ["CalibrationReport", "Record", "apply", "collect", "fit", "fit_logistic", "select_accuracy", "split"]
+
+
+@dataclass(kw_only=True)
+class Record:
+    """One dev item: the members' answers, each scorer's scores of them, and which answers are right."""
+
+    id: str
+    candidates: list[Candidate]
+    scores: dict[str, list[float | None]]
+    correct: list[bool]
+
+
+@dataclass(kw_only=True)
+class CalibrationReport:
+    """What `fit` found and how picking fares on the held-out items."""
+
+    calibration: dict[str, tuple[float, float]] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    fit_ids: list[str] = field(default_factory=list)
+    heldout_ids: list[str] = field(default_factory=list)
+    before: float = 0.0
+    after: float = 0.0
+    members_alone: dict[str, float] = field(default_factory=dict)
+
+
+def split(ids: Sequence[str], heldout: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Shuffle ids with ``seed`` and cut off a held-out share; both parts must be non-empty.
+
+    Raises:
+        InputError: a share outside (0, 1) or too few items for both parts.
+    """
+    if not 0 < heldout < 1:
+        raise InputError(f"the held-out share must lie strictly between 0 and 1, got {heldout}: accuracy is never "
+                         "reported on items the calibration was fitted on")
+    order = list(ids)
+    random.Random(seed).shuffle(order)
+    cut = round(len(order) * heldout)
+    if cut < 1 or cut >= len(order):
+        raise InputError(f"{len(order)} dev items cannot be split into a fitting part and a held-out part of "
+                         f"{heldout:.0%}; add items to the dev file")
+    return order[cut:], order[:cut]
+
+
+async def collect(
+    members: dict[str, Any],
+    panel: Any,
+    items: Sequence[tuple[str, list[Message], str]],
+    is_right: Callable[[str, str], bool],
+    max_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Record]:
+    """Every member's greedy answer to every item, scored by the panel's scorers and marked right or wrong.
+
+    Args:
+        members: The ensemble's members by name.
+        panel: Its `ScoringPanel` (None: no scorer; only the marks are kept).
+        items: ``(id, messages, reference answer)``.
+        is_right: ``(answer text, reference) -> bool``.
+        max_tokens: Budget for each answer.
+        progress: Called with (done, total) after each item.
+    """
+    from ensemblehub_core.generators.base import SegmentRequest
+    from ensemblehub_core.scorers.base import ScoreRequest
+
+    records = []
+    request = SegmentRequest(max_new_tokens=max_tokens, temperature=0.0)
+    for n, (item_id, messages, reference) in enumerate(items, 1):
+        cands = []
+        for name, gen in members.items():
+            try:
+                cands.append(await gen.complete(messages, "", request))
+            except Exception as exc:  # a failing member costs its answer, not the calibration
+                cands.append(Candidate(member=name, text="", finish_reason="error", error=str(exc)))
+        scores: dict[str, list[float | None]] = {}
+        if panel is not None:
+            result = await panel.score(ScoreRequest(messages=messages, prefix="", candidates=cands))
+            scores = result.by_scorer
+        records.append(Record(id=item_id, candidates=cands, scores=scores,
+                              correct=[c.ok and is_right(c.text, reference) for c in cands]))
+        if progress is not None:
+            progress(n, len(items))
+    return records
+
+
+def fit_logistic(rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-2,
+                 steps: int = 50) -> list[float]:
+    """Logistic regression by Newton's method: weights for each column, then the intercept.
+
+    Small and dependency-free on purpose: a few features and a few hundred rows. ``l2`` keeps the fit finite
+    when the classes separate (a member that is always right or always wrong).
+    """
+    import torch
+
+    x = torch.tensor([[*r, 1.0] for r in rows], dtype=torch.float64)
+    y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
+    w = torch.zeros(x.shape[1], dtype=torch.float64)
+    reg = torch.eye(x.shape[1], dtype=torch.float64) * l2
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    for _ in range(steps):
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (p - y) + reg @ w
+        hess = x.T @ (x * (p * (1 - p))[:, None]) + reg + torch.eye(x.shape[1], dtype=torch.float64) * 1e-9
+        step = torch.linalg.solve(hess, grad)
+        w -= step
+        if float(step.abs().max()) < 1e-8:
+            break
+    return [float(v) for v in w]
+
+
+def _confidence_name(panel: Any) -> str | None:
+    from ensemblehub_core.scorers.confidence import ConfidenceScorer
+
+    for scorer, _ in panel.scorers if panel is not None else []:
+        if isinstance(scorer, ConfidenceScorer):
+            return str(scorer.name)
+    return None
+
+
+def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> CalibrationReport:
+    """Per-member confidence calibration and panel weights from ``records`` (all of them are fitted on)."""
+    report = CalibrationReport()
+    conf = _confidence_name(panel)
+    if conf is not None:
+        scorer = next(s for s, _ in panel.scorers if s.name == conf)
+        for member in members:
+            xs, ys = [], []
+            for r in records:
+                for c, ok in zip(r.candidates, r.correct, strict=True):
+                    value = scorer.raw(c) if c.member == member and c.ok else None
+                    if value is not None:
+                        xs.append([value])
+                        ys.append(ok)
+            if xs:
+                slope, intercept = fit_logistic(xs, ys)
+                report.calibration[member] = (max(slope, 0.0), intercept)  # surer never means less likely right
+    names = [s.name for s, _ in panel.scorers] if panel is not None else []
+    rows: list[list[float]] = []
+    labels: list[bool] = []
+    for r in records:
+        for row, ok in zip(_features(r, names, conf, report.calibration, panel), r.correct, strict=True):
+            if row is not None:
+                rows.append(row)
+                labels.append(ok)
+    if names and rows:
+        coef = fit_logistic(rows, labels)[:-1]
+        # The panel is a weighted mean with positive weights; a scorer the fit finds useless gets a token weight.
+        report.weights = {n: round(max(c, 1e-3), 6) for n, c in zip(names, coef, strict=True)}
+    return report
+
+
+def _features(record: Record, names: Sequence[str], conf: str | None,
+              calibration: dict[str, tuple[float, float]], panel: Any) -> list[list[float] | None]:
+    """Per candidate, every scorer's score (confidence calibrated); None when any is missing."""
+    out: list[list[float] | None] = []
+    scorer = next((s for s, _ in panel.scorers if s.name == conf), None) if conf else None
+    for i, c in enumerate(record.candidates):
+        row: list[float] = []
+        for n in names:
+            v = record.scores.get(n, [None] * len(record.candidates))[i]
+            if n == conf and scorer is not None:
+                raw = scorer.raw(c)
+                slope, intercept = calibration.get(c.member, (1.0, 0.0))
+                v = None if raw is None else slope * raw + intercept
+            if v is None:
+                break
+            row.append(float(v))
+        out.append(row if len(row) == len(names) and c.ok else None)
+    return out
+
+
+def select_accuracy(records: Sequence[Record], panel: Any, weights: dict[str, float] | None = None,
+                    calibration: dict[str, tuple[float, float]] | None = None) -> float:
+    """Share of records where the answer the weighted panel ranks first is right (ties: member order)."""
+    if not records:
+        return math.nan
+    names = [s.name for s, _ in panel.scorers] if panel is not None else []
+    given = {s.name: w for s, w in panel.scorers} if panel is not None else {}
+    use = weights or given
+    conf = _confidence_name(panel)
+    right = 0
+    for r in records:
+        feats = _features(r, names, conf, calibration or {}, panel) if names else [[] for _ in r.candidates]
+        best, best_score = 0, -math.inf
+        for i, row in enumerate(feats):
+            if row is None:
+                continue
+            total = sum(use[n] for n in names) or 1.0
+            score = sum(use[n] * v for n, v in zip(names, row, strict=True)) / total
+            if score > best_score:
+                best, best_score = i, score
+        right += r.correct[best]
+    return right / len(records)
+
+
+def apply(data: dict[str, Any], ensemble: str, report: CalibrationReport) -> dict[str, Any]:
+    """A copy of a config document with the ensemble's confidence calibration and panel weights filled in."""
+    out = copy.deepcopy(data)
+    ens = out.get("ensembles", {}).get(ensemble)
+    if ens is None:
+        raise ConfigError(f"ensemble '{ensemble}' is not in the config")
+    scorers = ens.get("scorer") or []
+    if isinstance(scorers, dict):
+        scorers = [scorers]
+    for s in scorers:
+        name = s.get("name") or (f"{s['type']}:{s['member']}" if s.get("member") else s["type"])
+        if s["type"] == "confidence" and report.calibration:
+            s.setdefault("options", {})["calibration"] = {
+                m: [round(a, 6), round(b, 6)] for m, (a, b) in report.calibration.items()
+            }
+        if name in report.weights:
+            s["weight"] = report.weights[name]
+    ens["scorer"] = scorers
+    return out
+
+
+def write_config(data: dict[str, Any], path: str | Path) -> None:
+    """Write a config document as YAML."""
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")

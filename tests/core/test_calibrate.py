@@ -1,0 +1,88 @@
+"""`ensemblehub calibrate` over fake members whose confidence misleads: one always right but unsure, one always
+wrong but sure. Raw confidence picks the wrong one; calibrated per member, the right one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ensemblehub_core import calibration as cal
+from ensemblehub_core.cli import main
+from ensemblehub_core.exceptions import InputError
+from ensemblehub_core.hub import Hub
+from ensemblehub_core.scorers.base import ScoreRequest
+from ensemblehub_core.types import Candidate, Message
+
+CONFIG = {
+    "ensembles": {
+        "pair": {
+            "members": [
+                {"name": "unsure", "backend": "function",
+                 "options": {"fn": "tests.core.fakes:adds_right", "token_logprob": -2.0}},
+                {"name": "sure", "backend": "function",
+                 "options": {"fn": "tests.core.fakes:adds_wrong", "token_logprob": -0.1}},
+            ],
+            "scorer": [{"type": "confidence"}],
+            "strategy": "best_of_n",
+        },
+    },
+}
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> tuple[Path, Path]:
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?", "answer": str(3 * i)})
+                           + "\n" for i in range(1, 41)), encoding="utf-8")
+    return config, dev
+
+
+def test_calibrate_fits_reports_on_heldout_items_and_writes_a_config_that_loads(files, tmp_path, capsys):
+    config, dev = files
+    out = tmp_path / "calibrated.yaml"
+    assert main(["calibrate", "--config", str(config), "--ensemble", "pair", "--dev", str(dev),
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted on 28 items, accuracy on 12 held-out items" in printed
+    assert "panel as configured: 0.000" in printed and "panel calibrated:    1.000" in printed
+
+    before = Hub(config).ensemble("pair").generate("What is 20 + 22?")
+    after_hub = Hub(out)
+    after = after_hub.ensemble("pair").generate("What is 20 + 22?")
+    assert "43" in before.text and "42" in after.text
+
+    # The reloaded config scores exactly as the fitted calibration says.
+    written = yaml.safe_load(out.read_text())["ensembles"]["pair"]["scorer"][0]["options"]["calibration"]
+    (scorer, _), = after_hub.ensemble("pair").panel.scorers  # type: ignore[union-attr]
+    cands = [Candidate(member="unsure", text="x", token_logprobs=[-2.0]),
+             Candidate(member="sure", text="y", token_logprobs=[-0.1])]
+    got = scorer.score(ScoreRequest(messages=[Message(role="user", content="q")], prefix="", candidates=cands))
+    assert got == pytest.approx([written["unsure"][0] * -2.0 + written["unsure"][1],
+                                 written["sure"][0] * -0.1 + written["sure"][1]])
+    assert got[0] > got[1]  # type: ignore[operator]
+
+
+def test_calibrate_refuses_to_report_on_items_it_fitted_on(files, tmp_path, capsys):
+    config, dev = files
+    for share in ("0", "1", "0.001"):
+        code = main(["calibrate", "--config", str(config), "--dev", str(dev), "--heldout", share,
+                     "--output", str(tmp_path / "c.yaml")])
+        assert code == 2
+        assert "held-out" in capsys.readouterr().err
+    fit_ids, held = cal.split([f"q{i}" for i in range(10)], 0.3)
+    assert not set(fit_ids) & set(held) and len(fit_ids) + len(held) == 10
+    with pytest.raises(InputError, match="held-out"):
+        cal.split(["a"], 0.5)
+
+
+def test_calibrate_needs_the_answer_field(files, tmp_path, capsys):
+    config, _ = files
+    dev = tmp_path / "noanswer.jsonl"
+    dev.write_text(json.dumps({"question": "What is 1 + 2?"}) + "\n", encoding="utf-8")
+    assert main(["calibrate", "--config", str(config), "--dev", str(dev), "--output", str(tmp_path / "c.yaml")]) == 2
+    assert "--answer-field" in capsys.readouterr().err
