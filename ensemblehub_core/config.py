@@ -63,7 +63,8 @@ class MemberConfig(_Strict):
         name: Unique within the ensemble; shown in traces.
         backend: A registered backend (``hf``, ``function``, ...).
         model: Where weights come from (``embedded:NAME``, a ``.gguf`` file, a folder, or a hub id).
-        dtype / device: Where and how a local model runs.
+        dtype / device: Where and how a local model runs; dtype ``auto`` (default) is bfloat16 on GPUs and
+            on CPUs with native bf16, float32 on other CPUs.
         prompt_format: ``chat`` or a template with ``{input}`` (for base models without a chat template).
         system_prompt: System message added when the conversation has none.
         options: Backend-specific settings (e.g. ``fn`` for the function backend, ``api_base`` for HTTP ones).
@@ -72,7 +73,7 @@ class MemberConfig(_Strict):
     name: str = Field(min_length=1)
     backend: str = "hf"
     model: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     prompt_format: str | None = None
     system_prompt: str | None = None
@@ -120,7 +121,7 @@ class ScorerConfig(_Strict):
     model: str | None = None
     weight: float = Field(default=1.0, gt=0)
     name: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     options: dict[str, Any] = Field(default_factory=dict)
 
