@@ -110,7 +110,10 @@ def records_for(store: Path, set_name: str, split: str, items: list[Item], membe
     kept: dict[tuple[str, str, str], cal.Record] = {}
     if store.exists():
         for line in store.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line a stopped run left half written: answered again below
+                continue
             kept[(row["set"], row["split"], row["id"])] = _record_from_json(row)
     todo = [it for it in items if (set_name, split, it.id) not in kept]
     if todo:
@@ -141,7 +144,10 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
     tag = f"{split}-samples"
     if store.exists():
         for line in store.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
             if row["set"] == set_name and row["split"] == tag:
                 kept[row["id"]] = _record_from_json(row)
     todo = [it for it in items if it.id not in kept]

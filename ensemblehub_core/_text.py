@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Cut", "cut_text", "find_surrogate", "is_repetitive", "redact_userinfo"]
+__all__ = ["Cut", "cut_text", "find_surrogate", "is_repetitive", "redact_userinfo", "settled_text"]
 
 
 @dataclass(kw_only=True)
@@ -39,6 +39,19 @@ def cut_text(text: str, stop: list[str], delimiters: list[str]) -> Cut | None:
         if i != -1:
             found.append((i, 1, Cut(text=text[: i + len(d)], reason="delimiter")))
     return min(found, key=lambda f: (f[0], f[1]))[2] if found else None
+
+
+def settled_text(text: str, ends: list[str]) -> str:
+    """The part of text still being generated that cannot change: without a tail that may be the start of
+    one of ``ends`` (stop strings, a member's end strings) or an unfinished UTF-8 character."""
+    keep = len(text)
+    for end in ends:
+        for n in range(min(len(end) - 1, len(text)), 0, -1):
+            if text.endswith(end[:n]):
+                keep = min(keep, len(text) - n)
+                break
+    settled = text[:keep]
+    return settled.rstrip("\ufffd")
 
 
 def is_repetitive(segments: list[str], window: int = 3) -> bool:

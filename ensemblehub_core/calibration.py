@@ -159,7 +159,9 @@ def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> Calibr
                         xs.append([value])
                         ys.append(ok)
             if xs:
-                slope, intercept = fit_logistic(xs, ys)
+                # Strong shrinkage: a weak member is right on a handful of dev items, too few to trust a slope;
+                # its intercept (how often it is right at all) is what the data can tell.
+                slope, intercept = fit_logistic(xs, ys, l2=1.0)
                 report.calibration[member] = (max(slope, 0.0), intercept)  # surer never means less likely right
     names = [s.name for s, _ in panel.scorers] if panel is not None else []
     rows: list[list[float]] = []

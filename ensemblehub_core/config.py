@@ -36,6 +36,7 @@ __all__ = [
     "ServerConfig",
     "StrategyConfig",
     "default_config_path",
+    "error_lines",
     "load_config",
     "parse_config",
 ]
@@ -62,7 +63,8 @@ class MemberConfig(_Strict):
         name: Unique within the ensemble; shown in traces.
         backend: A registered backend (``hf``, ``function``, ...).
         model: Where weights come from (``embedded:NAME``, a ``.gguf`` file, a folder, or a hub id).
-        dtype / device: Where and how a local model runs.
+        dtype / device: Where and how a local model runs; dtype ``auto`` (default) is bfloat16 on GPUs and
+            on CPUs with native bf16, float32 on other CPUs.
         prompt_format: ``chat`` or a template with ``{input}`` (for base models without a chat template).
         system_prompt: System message added when the conversation has none.
         options: Backend-specific settings (e.g. ``fn`` for the function backend, ``api_base`` for HTTP ones).
@@ -71,7 +73,7 @@ class MemberConfig(_Strict):
     name: str = Field(min_length=1)
     backend: str = "hf"
     model: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     prompt_format: str | None = None
     system_prompt: str | None = None
@@ -83,6 +85,15 @@ class MemberConfig(_Strict):
         if v not in BACKENDS:
             raise ValueError(f"unknown backend '{v}'; allowed: {', '.join(sorted(BACKENDS))}")
         return v
+
+    @model_validator(mode="after")
+    def _known_options(self) -> MemberConfig:
+        allowed = BACKENDS[self.backend].options
+        unknown = sorted(set(self.options) - set(allowed)) if allowed is not None else []
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for backend '{self.backend}'; allowed: "
+                             f"{', '.join(sorted(allowed or ()))}")
+        return self
 
     @field_validator("dtype")
     @classmethod
@@ -110,7 +121,7 @@ class ScorerConfig(_Strict):
     model: str | None = None
     weight: float = Field(default=1.0, gt=0)
     name: str | None = None
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -145,11 +156,15 @@ class StrategyConfig(BaseModel):
 
 
 class PolicyConfig(_Strict):
-    """How members are called: timeout per call, retries with exponential backoff."""
+    """How members are called: timeout per call, retries with exponential backoff, and the circuit breaker
+    (``max_failures`` failures skip a member for the rest of a request, and ``max_failures`` in a row for
+    ``cooldown_s`` seconds of new requests; see `ensemblehub_core.strategies.breaker`)."""
 
     timeout_s: float | None = Field(default=None, gt=0)
     retries: int = Field(default=0, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
+    max_failures: int | None = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=0.0, ge=0)
 
 
 class EnsembleConfig(_Strict):
@@ -263,6 +278,27 @@ class HubConfig(_Strict):
         return self.ensembles[name]
 
 
+def error_lines(exc: ValidationError, prefix: str = "", allowed: list[str] | None = None) -> list[str]:
+    """A pydantic error as readable lines, one per problem: ``  key.path: what is wrong``.
+
+    Args:
+        exc: The validation error.
+        prefix: Put before each key path (e.g. ``ensembles.trio.strategy.``).
+        allowed: The keys that exist, named when a key is unknown (default: a pointer to the README).
+    """
+    lines = []
+    for err in exc.errors():
+        where = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".") or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            hint = f"allowed: {', '.join(allowed)}" if allowed else "see the README's config section"
+            msg = f"unknown key (check the spelling; {hint})"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
+            msg = f"{msg}, got {err['input']!r}"
+        lines.append(f"  {where}: {msg}")
+    return lines
+
+
 def default_config_path() -> Path:
     """The config shipped with the package (the embedded default ensembles)."""
     return Path(__file__).parent / "configs" / "default.yaml"
@@ -275,14 +311,7 @@ def parse_config(data: Any, source: str = "<memory>") -> HubConfig:
     try:
         cfg = HubConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see the README's config section)"
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError(f"invalid config {source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid config {source}:\n" + "\n".join(error_lines(exc))) from None
     cfg.source = source
     return cfg
 

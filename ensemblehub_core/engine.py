@@ -11,6 +11,7 @@ for chunk in ens.stream("Name a prime above 100."):
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -20,21 +21,24 @@ from typing import Any
 from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.exceptions import ConfigError, InputError
 from ensemblehub_core.generators.base import Generator
-from ensemblehub_core.registry import resolve
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
-from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy
+from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy, TextDelta, make_strategy
+from ensemblehub_core.strategies.breaker import CircuitBreaker
 from ensemblehub_core.strategies.select import select_members, selection_of
 from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
 from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
 
-__all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "to_messages"]
+__all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "split_final_message", "to_messages"]
+
+log = logging.getLogger("ensemblehub")
 
 PromptLike = str | Message | Mapping[str, Any] | Sequence[Message | Mapping[str, Any]]
 
 
 @dataclass(kw_only=True)
 class EnsembleChunk:
-    """One streamed piece: the text accepted this round; the last chunk has ``result`` set and no text."""
+    """One streamed piece: the text accepted this round (``round`` set), or a piece of the round in progress
+    (token streaming, ``round`` None); the last chunk has ``result`` set and no text."""
 
     text: str
     round: RoundTrace | None = None
@@ -94,6 +98,52 @@ def _call_for_template(i: int, call: Mapping[str, Any]) -> dict[str, Any]:
     return {"id": call.get("id"), "type": "function", "function": function}
 
 
+def split_final_message(messages: list[Message]) -> tuple[list[Message], str]:
+    """The conversation before a final assistant message, and that message's text (the answer's start).
+
+    Raises:
+        InputError: the conversation does not end with an assistant message to continue.
+    """
+    last = messages[-1]
+    if last.role != "assistant" or last.tool_calls:
+        raise InputError(
+            f"continue_final_message needs the conversation to end with an assistant message whose text is "
+            f"continued; the last message is a '{last.role}' message"
+            + (" with tool calls" if last.tool_calls else "")
+            + "; add the assistant's partial answer last, or leave continue_final_message out"
+        )
+    if len(messages) == 1:
+        raise InputError("continue_final_message: the conversation holds only the assistant's partial answer; "
+                         "put the user's message before it")
+    return messages[:-1], last.content
+
+
+_NUMBER = (int, float)
+#: The type each generation parameter must have (None is always allowed: the default is kept).
+_PARAM_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "max_tokens": ((int,), "an integer"),
+    "temperature": (_NUMBER, "a number"),
+    "top_p": (_NUMBER, "a number"),
+    "seed": ((int,), "an integer"),
+    "stop": ((str, list, tuple), "a string or a list of strings"),
+    "tools": ((list, tuple), "a list of tools"),
+    "tool_choice": ((str, dict), "a string or an object"),
+}
+
+
+def _check_types(params: Mapping[str, Any]) -> None:
+    """Refuse a generation parameter of the wrong type with a message naming it (not a TypeError later)."""
+    for key, value in params.items():
+        if value is None or key not in _PARAM_TYPES:
+            continue
+        types, what = _PARAM_TYPES[key]
+        ok = isinstance(value, types) and not isinstance(value, bool)
+        if ok and key == "stop" and not isinstance(value, str):
+            ok = all(isinstance(s, str) for s in value)
+        if not ok:
+            raise InputError(f"{key} must be {what}, got {type(value).__name__} {value!r}")
+
+
 class Ensemble:
     """Several generators answering together under one strategy.
 
@@ -103,7 +153,7 @@ class Ensemble:
         strategy: A `Strategy` instance or a registered strategy name.
         strategy_params: Parameters for a strategy given by name.
         defaults: Generation defaults; per-call keyword arguments override them.
-        policy: Member timeout / retry policy.
+        policy: Member timeout / retry policy, and when a failing member is skipped (`MemberPolicy`).
         name: Name shown in results and traces.
     """
 
@@ -130,52 +180,78 @@ class Ensemble:
             raise ConfigError("an ensemble needs at least one member")
         self.panel = ScoringPanel([(scorer, 1.0)]) if isinstance(scorer, Scorer) else scorer
         if isinstance(strategy, str):
-            cls = resolve("strategy", strategy)
-            try:
-                self.strategy: Strategy = cls(cls.Params(**(strategy_params or {})))
-            except ValueError as exc:  # pydantic's ValidationError
-                raise ConfigError(f"invalid parameters for strategy '{strategy}': {exc}") from None
+            self.strategy: Strategy = make_strategy(strategy, strategy_params)
         else:
             self.strategy = strategy
         self.strategy.check(self.members, self.panel)
         self.defaults = defaults or GenerationParams()
         self.policy = policy or MemberPolicy()
         self.name = name
+        self.breaker = CircuitBreaker(name, max_failures=self.policy.max_failures, cooldown_s=self.policy.cooldown_s)
 
     # -- async core -----------------------------------------------------------------------------------------
-    async def astream(self, prompt: PromptLike, **params: Any) -> AsyncIterator[EnsembleChunk]:
+    async def astream(
+        self, prompt: PromptLike, *, continue_final_message: bool = False, **params: Any
+    ) -> AsyncIterator[EnsembleChunk]:
         """Yield each round's accepted text as it is decided, then a final chunk carrying the result.
 
         Keyword arguments override generation defaults: ``max_tokens``, ``temperature``, ``top_p``, ``stop``,
         ``seed``, ``tools``, ``tool_choice``. With tools, text that may be a tool call is held back from the
         chunks; the calls are on the result (``result.tool_calls``).
+
+        Args:
+            prompt: A question, a message, or a conversation.
+            continue_final_message: The conversation ends with an assistant message that is the start of the
+                answer: every member continues that text (as vLLM's ``continue_final_message``) instead of
+                starting a new turn. The result holds only the new text.
+            **params: Generation overrides (see above).
         """
         gen_params = self._params(params)
         spec = ToolSpec.from_params(gen_params.tools, gen_params.tool_choice)
         calls = ToolCallFilter(spec) if spec is not None else None
+        messages = to_messages(prompt)
+        prefix = ""
+        if continue_final_message:
+            messages, prefix = split_final_message(messages)
         ctx = RunContext(
-            messages=to_messages(prompt),
+            messages=messages,
+            prefix=prefix,
             params=gen_params,
             members=self.members,
             panel=self.panel,
             policy=self.policy,
+            breaker=self.breaker.request(),
             rng=random.Random(gen_params.seed),
         )
         started = time.perf_counter()
         rounds: list[RoundTrace] = []
         await select_members(ctx, selection_of(self.strategy.params))
         agen = self.strategy.run(ctx)
+        streamed = ""  # text of the round in progress already sent as deltas
         try:
             while True:
                 # The tools are set for each step of the strategy only: a sync consumer drives every step
                 # in a fresh task, and the setting must not leak into the consumer's own context.
                 with using_tools(spec):
                     try:
-                        trace = await anext(agen)
+                        item = await anext(agen)
                     except StopAsyncIteration:
                         break
+                if isinstance(item, TextDelta):
+                    streamed += item.text
+                    text = calls.feed(item.text) if calls is not None else item.text
+                    if text:
+                        yield EnsembleChunk(text=text)
+                    continue
+                trace, rest = item, item.accepted_text
+                if streamed:
+                    rest = rest[len(streamed):] if rest.startswith(streamed) else ""
+                    if not trace.accepted_text.startswith(streamed):
+                        log.warning("ensemble '%s': streamed text differs from the round's kept text; the result "
+                                    "holds the kept text", self.name)
+                    streamed = ""
                 rounds.append(trace)
-                text = calls.feed(trace.accepted_text) if calls is not None else trace.accepted_text
+                text = calls.feed(rest) if calls is not None else rest
                 yield EnsembleChunk(text=text, round=trace)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
@@ -188,7 +264,7 @@ class Ensemble:
         yield EnsembleChunk(text="", result=result)
 
     async def agenerate(self, prompt: PromptLike, **params: Any) -> EnsembleResult:
-        """Run to completion and return the answer with usage and trace."""
+        """Run to completion and return the answer with usage and trace (arguments as `astream`)."""
         result: EnsembleResult | None = None
         async for chunk in self.astream(prompt, **params):
             result = chunk.result or result
@@ -210,6 +286,7 @@ class Ensemble:
         unknown = set(overrides) - allowed
         if unknown:
             raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        _check_types(overrides)
         stop = overrides.get("stop")
         merged = self.defaults.merged(**{**overrides, "stop": [stop] if isinstance(stop, str) else stop})
         if merged.max_tokens <= 0:
@@ -242,6 +319,26 @@ class Ensemble:
             elapsed_s=elapsed,
             extra=ctx.extra,
         )
+
+    # -- token counting -----------------------------------------------------------------------------------------
+    @property
+    def counting_member(self) -> Generator:
+        """The member whose tokenizer counts for the ensemble (as ``usage.prompt_tokens`` does): a ``single``
+        strategy's member, else the first one."""
+        name = getattr(self.strategy.params, "member", None)
+        if isinstance(name, str) and name in self.members:
+            return self.members[name]
+        return next(iter(self.members.values()))
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the counting member's tokenizer (see `counting_member`)."""
+        return self.counting_member.count_tokens(text)
+
+    def count_prompt_tokens(self, prompt: PromptLike, tools: list[dict[str, Any]] | None = None) -> int:
+        """Tokens of the prompt the counting member sees (its chat template and the tools included): what
+        ``usage.prompt_tokens`` reports for the same request."""
+        spec = ToolSpec.from_params(tools, None) if tools else None
+        return self.counting_member.count_prompt_tokens(to_messages(prompt), spec)
 
     def __repr__(self) -> str:
         return f"Ensemble(name={self.name!r}, members={list(self.members)}, strategy={self.strategy.name!r})"

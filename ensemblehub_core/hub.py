@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.config import EnsembleConfig, HubConfig, load_config
 from ensemblehub_core.engine import Ensemble
-from ensemblehub_core.exceptions import ConfigError, EnsembleHubError, ModelLoadError
+from ensemblehub_core.exceptions import EnsembleHubError, ModelLoadError
 from ensemblehub_core.registry import resolve
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.base import MemberPolicy
+from ensemblehub_core.strategies.base import MemberPolicy, make_strategy
 from ensemblehub_core.types import GenerationParams
 
 if TYPE_CHECKING:
@@ -58,11 +58,7 @@ def build_ensemble(
     if cfg.scorer:
         scorers = [(resolve("scorer", s.type)(s, ctx), s.weight) for s in cfg.scorer]
         panel = ScoringPanel(scorers, exclude_own=cfg.exclude_own)
-    strategy_cls = resolve("strategy", cfg.strategy.name)
-    try:
-        strategy = strategy_cls(strategy_cls.Params(**cfg.strategy.params))
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"ensemble '{name}': invalid parameters for strategy '{cfg.strategy.name}': {exc}") from None
+    strategy = make_strategy(cfg.strategy.name, cfg.strategy.params, f"ensembles.{name}.strategy")
     base = defaults or GenerationParams()
     gen = cfg.generation.model_dump(exclude_none=True)
     return Ensemble(

@@ -22,17 +22,26 @@ class Entry:
     path: str  # "package.module:attribute"
     extra: str | None = None
     summary: str = ""
+    #: The ``options`` keys a backend reads (checked when a config is read); None: not checked here.
+    options: tuple[str, ...] | None = None
+
+
+#: Options both HTTP API backends read (see `ensemblehub_core.generators._api.read_options`).
+_API_OPTIONS = ("model", "api_base", "api_key", "api_key_env", "prefix_mode", "timeout_s", "max_retry_after_s")
 
 
 BACKENDS: dict[str, Entry] = {
     "hf": Entry(path="ensemblehub_core.generators.hf:build", extra="hf",
-                summary="local model via transformers (hub id, folder, GGUF, embedded package)"),
+                summary="local model via transformers (hub id, folder, GGUF, embedded package)",
+                options=("end_strings", "gguf_file", "trust_remote_code")),
     "vllm": Entry(path="ensemblehub_core.generators.vllm:build", extra="vllm",
                   summary="local model run in-process by vLLM (batched, prefix caching, top-k logprobs)"),
     "function": Entry(path="ensemblehub_core.generators.function:build",
-                      summary="a Python callable 'module:function' (tests, prototyping)"),
+                      summary="a Python callable 'module:function' (tests, prototyping)",
+                      options=("delay_s", "fn", "token_logprob")),
     "openai": Entry(path="ensemblehub_core.generators.openai_compat:build", extra="api",
-                    summary="any OpenAI-compatible completions/chat server (OpenAI, vLLM, llama.cpp, Ollama, ...)"),
+                    summary="any OpenAI-compatible completions/chat server (OpenAI, vLLM, llama.cpp, Ollama, ...)",
+                    options=(*_API_OPTIONS, "extra_body", "mode", "stream", "token_field")),
     "litellm": Entry(path="ensemblehub_core.generators.litellm:build", extra="litellm",
                      summary="any LiteLLM model string (openai/..., anthropic/..., a LiteLLM proxy route)"),
 }
@@ -81,9 +90,13 @@ STRATEGIES: dict[str, Entry] = {
 _KINDS = {"backend": BACKENDS, "scorer": SCORERS, "strategy": STRATEGIES}
 
 
-def register(kind: str, name: str, path: str, *, extra: str | None = None, summary: str = "") -> None:
-    """Add or replace an implementation (``kind``: backend, scorer or strategy)."""
-    _KINDS[kind][name] = Entry(path=path, extra=extra, summary=summary)
+def register(
+    kind: str, name: str, path: str, *, extra: str | None = None, summary: str = "",
+    options: tuple[str, ...] | None = None,
+) -> None:
+    """Add or replace an implementation (``kind``: backend, scorer or strategy; ``options``: for a backend, the
+    ``options`` keys it reads, checked when a config is read)."""
+    _KINDS[kind][name] = Entry(path=path, extra=extra, summary=summary, options=options)
 
 
 def resolve(kind: str, name: str) -> Any:

@@ -48,7 +48,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.engine import Ensemble, EnsembleChunk
@@ -69,6 +69,8 @@ _ENGINE_KWARGS = ("temperature", "max_tokens", "top_p", "seed", "tools", "tool_c
 #: Call keyword arguments handled here rather than by the engine.
 _FACE_KWARGS = ("model", "timeout", "max_retries", "stream", "ls_structured_output_format", "parallel_tool_calls")
 _RETRYABLE = (AllMembersFailed, GeneratorError)
+#: ChatOpenAI's names for our fields, accepted so that code written for it keeps working.
+_ALIASES = {"model_name": "model", "max_completion_tokens": "max_tokens"}
 #: Content blocks that are not text for the model: calls travel in `AIMessage.tool_calls`, and a provider's
 #: reasoning is not part of the conversation.
 _SKIPPED_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning", "thinking"})
@@ -167,6 +169,32 @@ class ChatEnsemble(BaseChatModel):
 
     _hub: Hub | None = PrivateAttr(default=None)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_arguments(cls, values: Any) -> Any:
+        """Refuse misspelt or unsupported arguments (pydantic would drop them silently); map ChatOpenAI's names
+        (``model_name``, ``max_completion_tokens``) onto ours."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for alias, name in _ALIASES.items():
+            if alias in values:
+                value = values.pop(alias)
+                if values.get(name) is not None and value is not None and values[name] != value:
+                    raise ValueError(f"ChatEnsemble got both {name}={values[name]!r} and {alias}={value!r}; "
+                                     f"pass one ({alias} is another name for {name})")
+                values[name] = value if value is not None else values.get(name)
+        if values.get("model_kwargs"):
+            raise ValueError("ChatEnsemble takes no model_kwargs: pass temperature, max_tokens, top_p, seed and "
+                             "stop as arguments; members' own settings go in the ensemble's config")
+        values.pop("model_kwargs", None)
+        allowed = set(cls.model_fields)
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ValueError(f"ChatEnsemble got unknown argument(s) {', '.join(unknown)}; allowed: "
+                             f"{', '.join(sorted(allowed | set(_ALIASES)))}")
+        return values
+
     @classmethod
     def from_members(
         cls,
@@ -221,11 +249,39 @@ class ChatEnsemble(BaseChatModel):
                 made), or a tool's name (that tool must be called).
             **kwargs: Further call parameters to bind.
         """
+        strict = kwargs.pop("strict", None)
+        if strict:
+            raise InputError("bind_tools(strict=True) is not available: ensemble members are not constrained to a "
+                             "tool's JSON schema; leave strict out (calls are still checked to be JSON objects "
+                             "naming an offered tool)")
         formatted = [convert_to_openai_tool(t) for t in tools]
         ToolSpec.from_params(formatted, tool_choice)  # fail at bind time, not at the first call
         if tool_choice is not None:
             kwargs["tool_choice"] = tool_choice
+        _check_call_kwargs(kwargs)
         return super().bind(tools=formatted, **kwargs)
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the ensemble's counting member's own tokenizer (``usage`` counts the same way).
+
+        The ensemble is built (its models loaded) if it is not yet.
+        """
+        return self._resolve(None).count_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the prompt the counting member sees for ``messages`` (chat template and tools included):
+        what ``usage_metadata["input_tokens"]`` reports for the same call."""
+        formatted = [convert_to_openai_tool(t) for t in tools] if tools else None
+        return self._resolve(None).count_prompt_tokens(to_core_messages(messages), formatted)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` in the counting member's tokenizer (local members; others: LangChain's
+        approximation)."""
+        member = self._resolve(None).counting_member
+        encode = getattr(member, "encode", None)
+        return list(encode(text)) if callable(encode) else super().get_token_ids(text)
 
     def _generate(
         self,
@@ -257,8 +313,9 @@ class ChatEnsemble(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         ens, msgs, params, timeout, retries = self._prepare(messages, stop, kwargs)
         for chunk in iterate_sync(self._chunks(ens, msgs, params, timeout, retries)):
-            if run_manager is not None:
-                run_manager.on_llm_new_token(_token_text(chunk), chunk=chunk)
+            text = _token_text(chunk)
+            if run_manager is not None and text:  # the last chunk (usage, metadata) is no token
+                run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
 
     async def _astream(
@@ -270,8 +327,9 @@ class ChatEnsemble(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         ens, msgs, params, timeout, retries = self._prepare(messages, stop, kwargs)
         async for chunk in self._chunks(ens, msgs, params, timeout, retries):
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(_token_text(chunk), chunk=chunk)
+            text = _token_text(chunk)
+            if run_manager is not None and text:  # the last chunk (usage, metadata) is no token
+                await run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -303,12 +361,7 @@ class ChatEnsemble(BaseChatModel):
         self, messages: Sequence[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[Ensemble, list[Message], dict[str, Any], float | None, int]:
         """Everything one call needs: the ensemble, its messages, engine parameters, timeout and retries."""
-        unknown = set(kwargs) - set(_ENGINE_KWARGS) - set(_FACE_KWARGS)
-        if unknown:
-            raise InputError(
-                f"ChatEnsemble got unsupported call parameter(s) {sorted(unknown)}; "
-                f"supported: {', '.join(sorted((*_ENGINE_KWARGS, *_FACE_KWARGS, 'stop')))}"
-            )
+        _check_call_kwargs(kwargs)
         params: dict[str, Any] = {
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
@@ -339,14 +392,16 @@ class ChatEnsemble(BaseChatModel):
     async def _chunks(
         self, ens: Ensemble, msgs: list[Message], params: dict[str, Any], timeout: float | None, retries: int
     ) -> AsyncIterator[ChatGenerationChunk]:
-        """The engine's stream as LangChain chunks: one per accepted segment, then a last one carrying tool
-        calls, usage and metadata."""
+        """The engine's stream as LangChain chunks: one per piece of text (a segment, or tokens for a one-member
+        ensemble); the last piece is held until the answer is done and carries tool calls, usage and metadata,
+        so that no empty chunk (an empty token for callbacks) ends the stream."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         attempt = 0
         while True:
             stream = ens.astream(msgs, **params)
             sent = False
+            held = ""
             try:
                 while True:
                     left = None if deadline is None else max(0.0, deadline - loop.time())
@@ -355,10 +410,12 @@ class ChatEnsemble(BaseChatModel):
                     except StopAsyncIteration:
                         return
                     if chunk.result is not None:
-                        yield _last_chunk(chunk.result)
+                        yield _last_chunk(chunk.result, held)
                     elif chunk.text:
-                        sent = True
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=chunk.text))
+                        if held:
+                            sent = True
+                            yield ChatGenerationChunk(message=AIMessageChunk(content=held))
+                        held = chunk.text
             except TimeoutError:
                 raise TimeoutError(f"ensemble '{ens.name}' did not finish within {timeout:g} s") from None
             except _RETRYABLE:
@@ -368,6 +425,15 @@ class ChatEnsemble(BaseChatModel):
                 attempt += 1
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _check_call_kwargs(kwargs: Mapping[str, Any]) -> None:
+    unknown = set(kwargs) - set(_ENGINE_KWARGS) - set(_FACE_KWARGS)
+    if unknown:
+        raise InputError(
+            f"ChatEnsemble got unsupported call parameter(s) {sorted(unknown)}; "
+            f"supported: {', '.join(sorted((*_ENGINE_KWARGS, *_FACE_KWARGS, 'stop')))}"
+        )
 
 
 # -- results ------------------------------------------------------------------------------------------------
@@ -403,13 +469,13 @@ def _chat_result(result: EnsembleResult) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def _last_chunk(result: EnsembleResult) -> ChatGenerationChunk:
+def _last_chunk(result: EnsembleResult, text: str = "") -> ChatGenerationChunk:
     calls = [
         tool_call_chunk(name=c.name, args=json.dumps(c.arguments, ensure_ascii=False), id=c.id, index=i)
         for i, c in enumerate(result.tool_calls)
     ]
     message = AIMessageChunk(
-        content="",
+        content=text,
         tool_call_chunks=calls,
         usage_metadata=_usage(result),
         response_metadata=_metadata(result),

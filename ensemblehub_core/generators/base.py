@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -18,6 +18,7 @@ from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = ["Batcher", "Generator", "GeneratorSession", "PrefixSession", "SegmentRequest"]
 
@@ -33,6 +34,8 @@ class SegmentRequest:
         temperature: 0 for greedy.
         top_p: Nucleus mass when sampling.
         seed: Sampling seed (None: nondeterministic).
+        on_text: Called as the text grows, with all of it that is settled so far (a backend that decodes token
+            by token calls it; it may be called from a worker thread). The candidate stays the authority.
     """
 
     max_new_tokens: int
@@ -41,6 +44,7 @@ class SegmentRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 class Batcher(Protocol):
@@ -191,6 +195,11 @@ class Generator(ABC):
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in this member's tokenizer (a word count where the backend has none)."""
         return len(text.split())
+
+    def count_prompt_tokens(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> int:
+        """Tokens of the prompt this member would see for ``messages`` (its chat template included where it has
+        one; else the messages' tokens by `count_tokens`)."""
+        return sum(self.count_tokens(m.content) for m in messages)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the generator (servers, clients). Pooled weights stay in the pool."""

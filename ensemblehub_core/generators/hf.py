@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ensemblehub_core._text import cut_text
+from ensemblehub_core._text import cut_text, settled_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.generators.prompting import TokenizerPrompt
@@ -24,6 +24,7 @@ from ensemblehub_core.types import Candidate, Message, TokenLogprob
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
     from ensemblehub_core.generators.hf_batch import StepBatcher
+    from ensemblehub_core.generators.hf_compiled import CompiledStep
     from ensemblehub_core.generators.hf_tokens import HFTokenSession
     from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
@@ -43,6 +44,10 @@ class HFGenerator(TokenizerPrompt, Generator):
         system_prompt: Added as a system message when the conversation has none (chat format only).
         end_strings: Strings that end this member's answer as its EOS would (e.g. ``"\nQuestion:"`` for a
             few-shot base model that would otherwise write the next question itself).
+        compile: Decode single tokens through ``torch.compile`` over static KV caches (`generators.hf_compiled`);
+            falls back to the eager path, with the reason logged, where the model cannot take it.
+        compile_max_len: Positions a static cache holds (default 4096, at most the context); longer runs decode
+            eagerly.
     """
 
     supports_incremental = True
@@ -59,6 +64,8 @@ class HFGenerator(TokenizerPrompt, Generator):
         prompt_format: str | None = None,
         system_prompt: str | None = None,
         end_strings: Sequence[str] = (),
+        compile: bool = False,
+        compile_max_len: int | None = None,
     ) -> None:
         super().__init__(name)
         self.end_strings = [e for e in end_strings if e]
@@ -69,6 +76,11 @@ class HFGenerator(TokenizerPrompt, Generator):
         #: The end token this model closes an answer with (what a finished candidate is scored with).
         self.end_id = end_of_turn_id(loaded.tokenizer, loaded.eos_token_ids)
         self._batcher: StepBatcher | None = None
+        self.compiled: CompiledStep | None = None
+        if compile:
+            from ensemblehub_core.generators.hf_compiled import compiled_step
+
+            self.compiled = compiled_step(self.model, name, compile_max_len)
         self.setup_prompt(loaded.spec.source, loaded.has_chat_template, loaded.context_length,
                           prompt_format, system_prompt)
 
@@ -172,51 +184,68 @@ class HFGenerator(TokenizerPrompt, Generator):
         return self._batcher
 
     def _batch_decode(self, prompts: list[list[int]], request: SegmentRequest) -> list[Candidate]:
-        """Decode several prompts in shared forward passes (left padding)."""
+        """Decode several prompts in shared forward passes (left padding).
+
+        Each step the rows' next tokens are chosen on the device and read back together, once; on an
+        accelerator the next forward pass is queued before that read, so the device keeps computing while the
+        host checks stop strings.
+        """
         import torch
 
-        from ensemblehub_core._torch import ChosenLogprobs, device_lock, pick_token, seeded_generator
+        from ensemblehub_core import _torch as T
 
         start = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(len(p) for p in prompts)
         budget = min(request.max_new_tokens, self.context_length - width)
         dev = self.model.device
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        gen = seeded_generator(request.seed)
+        n = len(prompts)
         new: list[list[int]] = [[] for _ in prompts]
         emitted: list[list[int]] = [[] for _ in prompts]  # new + the EOS id a row ended with
-        chosen = [ChosenLogprobs() for _ in prompts]
-        texts = [""] * len(prompts)
-        finish = ["length"] * len(prompts)
-        done = [False] * len(prompts)
+        chosen = T.ChosenLogprobs()  # per step, every row's (read once at the end)
+        texts = [""] * n
+        finish = ["length"] * n
+        done = [False] * n
         try:
-            with device_lock(str(dev)), torch.inference_mode():
+            with T.device_lock(str(dev)), torch.inference_mode():
                 from transformers import DynamicCache
 
+                gen = T.seeded_generator(request.seed, dev)
+                ahead = T.reads_ahead(dev)
                 cache = DynamicCache(config=self.model.config)
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                input_ids, mask, positions = T.left_padded(prompts, pad, dev)
                 logits = self._batch_forward(input_ids, mask, positions, cache)
+                ones = torch.ones((n, 1), dtype=mask.dtype, device=dev)
+                finished = torch.zeros(n, dtype=torch.bool, device=dev)  # rows that feed padding from now on
                 for step in range(budget):
-                    step_tokens = []
-                    for row in range(len(prompts)):
-                        tok = pad if done[row] else pick_token(logits[row], request.temperature, request.top_p, gen)
-                        step_tokens.append(tok)
+                    tokens = torch.where(finished, pad, T.pick_tokens(logits, request.temperature, request.top_p, gen))
+                    chosen.add(logits, tokens)
+                    read = T.HostRead(tokens)
+                    last = step == budget - 1
+                    if ahead and not last:
+                        mask = torch.cat([mask, ones], dim=1)
+                        positions = positions[:, -1:] + 1
+                        logits = self._batch_forward(tokens.unsqueeze(1), mask, positions, cache)
+                    changed = False
+                    for row, tok in enumerate(read.tolist()):
                         if not done[row]:
-                            chosen[row].add(logits[row], tok)
                             emitted[row].append(tok)
                             done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
-                    if all(done) or step == budget - 1:
+                            changed |= done[row]
+                    if all(done) or last:
                         break
-                    mask = torch.cat([mask, torch.ones((len(prompts), 1), dtype=mask.dtype, device=dev)], dim=1)
-                    positions = positions[:, -1:] + 1
-                    logits = self._batch_forward(torch.tensor([step_tokens], device=dev).T, mask, positions, cache)
+                    if changed:
+                        finished = torch.tensor(done, device=dev)
+                    if not ahead:
+                        mask = torch.cat([mask, ones], dim=1)
+                        positions = positions[:, -1:] + 1
+                        logits = self._batch_forward(tokens.unsqueeze(1), mask, positions, cache)
         except InputError:
             raise
         except Exception as exc:
             raise GeneratorError(self.name, f"{type(exc).__name__}: {exc}") from exc
         elapsed = time.perf_counter() - start
+        logprobs = chosen.rows([len(e) for e in emitted])
         return [
             Candidate(
                 member=self.name,
@@ -226,7 +255,7 @@ class HFGenerator(TokenizerPrompt, Generator):
                 finish_reason=finish[i],  # type: ignore[arg-type]
                 elapsed_s=elapsed,
                 token_ids=emitted[i],
-                token_logprobs=chosen[i].values(),
+                token_logprobs=logprobs[i],
             )
             for i in range(len(prompts))
         ]
@@ -278,7 +307,7 @@ class HFSession(GeneratorSession):
         prompt = generator.encode_prompt(messages, tools)
         self.prompt_tokens = len(prompt)
         self.ids: list[int] = prompt + generator.encode(prefix)
-        self.kv = KeptCache(generator.model)  # holds the leading positions of ids (+ a proposal)
+        self.kv = KeptCache(generator.model, generator.compiled)  # the leading positions of ids (+ a proposal)
         self.proposal: _Proposal | None = None
         self.forwarded_tokens = 0  # tokens run through the model: the work this session did
 
@@ -299,7 +328,13 @@ class HFSession(GeneratorSession):
             raise GeneratorError(self.gen.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _decode(self, request: SegmentRequest) -> Candidate:
-        from ensemblehub_core._torch import ChosenLogprobs, pick_token, seeded_generator
+        """Decode one candidate after the session's ids; its tokens stay in the cache as a proposal.
+
+        Tokens are chosen on the device. On an accelerator the forward pass of each token is queued before the
+        token is read back, so the host checks EOS and stop strings while the device computes the next step; the
+        one step queued past the end is rolled back.
+        """
+        from ensemblehub_core._torch import ChosenLogprobs, HostRead, pick_tokens, reads_ahead, seeded_generator
 
         start = time.perf_counter()
         budget = min(request.max_new_tokens, self.gen.context_length - len(self.ids))
@@ -307,25 +342,41 @@ class HFSession(GeneratorSession):
             raise InputError(
                 f"member '{self.gen.name}': no room left in its context of {self.gen.context_length} tokens"
             )
+        self.kv.reserve(len(self.ids) + budget)
         if self.kv.cached >= len(self.ids):  # all cached: re-run the last token to get its logits
             self.kv.rollback(self.kv.cached - len(self.ids) + 1)
         pending = self.ids[self.kv.cached :]
         logits = self.kv.forward(pending)
         self.forwarded_tokens += len(pending)
-        gen = seeded_generator(request.seed)
+        ahead = reads_ahead(logits.device)
+        gen = seeded_generator(request.seed, logits.device)
         new: list[int] = []
         chosen = ChosenLogprobs()
         fed, finish, text = 0, "length", ""
+        ends = [*request.stop, *self.gen.end_strings] if request.on_text is not None else []
         for step in range(budget):
-            tok = pick_token(logits, request.temperature, request.top_p, gen)
+            tok = pick_tokens(logits, request.temperature, request.top_p, gen)
             chosen.add(logits, tok)
-            done, finish, text = self.gen._advance(new, tok, request)
-            if done or step == budget - 1:
+            read = HostRead(tok)
+            last = step == budget - 1
+            if ahead and not last:
+                logits = self.kv.forward(tok)
+                fed += 1
+            tok_id = int(read.tolist())
+            done, finish, text = self.gen._advance(new, tok_id, request)
+            if done or last:
+                if ahead and not last:  # the step queued after the final token is not part of the candidate
+                    self.forwarded_tokens += 1
+                    self.kv.rollback(1)
+                    fed -= 1
                 break
-            logits = self.kv.forward([tok])
-            fed += 1
+            if request.on_text is not None:
+                request.on_text(settled_text(text, ends))
+            if not ahead:
+                logits = self.kv.forward(tok)
+                fed += 1
         self.forwarded_tokens += fed
-        token_ids = [*new, tok] if finish == "eos" and tok in self.gen.eos_ids else list(new)
+        token_ids = [*new, tok_id] if finish == "eos" and tok_id in self.gen.eos_ids else list(new)
         cand = Candidate(
             member=self.gen.name,
             text=text,
@@ -369,5 +420,8 @@ def build(cfg: MemberConfig, ctx: BuildContext) -> HFGenerator:
     spec = ModelSpec(source=cfg.model, dtype=cfg.dtype, device=cfg.device,
                      gguf_file=cfg.options.get("gguf_file"),
                      trust_remote_code=bool(cfg.options.get("trust_remote_code", False)))
+    max_len = cfg.options.get("compile_max_len")
     return HFGenerator(cfg.name, ctx.pool.get(spec), prompt_format=cfg.prompt_format,
-                       system_prompt=cfg.system_prompt, end_strings=cfg.options.get("end_strings", ()))
+                       system_prompt=cfg.system_prompt, end_strings=cfg.options.get("end_strings", ()),
+                       compile=bool(cfg.options.get("compile", False)),
+                       compile_max_len=int(max_len) if max_len else None)

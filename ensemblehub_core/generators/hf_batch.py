@@ -227,7 +227,7 @@ class StepBatcher:
             return
         self._filling = None
         self.chunked += 1
-        row.gen = seeded_generator(row.request.seed)
+        row.gen = seeded_generator(row.request.seed, dev)
         self._merge([row], cache, mask, positions[:, -1:] + 1, logits)
 
     def _admit(self, arrivals: list[_Row]) -> None:
@@ -247,7 +247,7 @@ class StepBatcher:
                 continue
             cache, mask, positions, logits = self._prefill(group, prefix)
             for r in group:
-                r.gen = seeded_generator(r.request.seed)
+                r.gen = seeded_generator(r.request.seed, self.member.model.device)
             self._merge(group, cache, mask, positions, logits)
 
     def _merge(self, group: list[_Row], cache: Any, mask: Any, positions: Any, logits: Any) -> None:
@@ -271,17 +271,14 @@ class StepBatcher:
         """
         import copy
 
-        import torch
         from transformers import DynamicCache
+
+        from ensemblehub_core._torch import left_padded
 
         m = self.member
         dev = m.model.device
         pad = m.tokenizer.pad_token_id if m.tokenizer.pad_token_id is not None else 0
-        rests = [r.prompt[len(prefix) :] for r in group]
-        width = max(len(t) for t in rests)
-        ids = torch.tensor([[pad] * (width - len(t)) + t for t in rests], device=dev)
-        mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(t)) + [1] * len(t) for t in rests], device=dev)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix) :]
+        ids, mask, positions = left_padded([r.prompt[len(prefix) :] for r in group], pad, dev, head=len(prefix))
         if prefix:
             self._head_kv(prefix)
             cache = copy.deepcopy(self._head_cache)
@@ -315,26 +312,36 @@ class StepBatcher:
         return self._head_ids
 
     def _step(self) -> None:
-        """One token for every row; finished and abandoned rows leave; one forward pass for the rest."""
+        """One token for every row; finished and abandoned rows leave; one forward pass for the rest.
+
+        The rows' tokens are chosen on the device and read back together, once per step. On an accelerator the
+        forward pass over all rows is queued before that read (the device computes while the host checks stop
+        strings) and the rows that finished are dropped from its result; on a CPU they are dropped first.
+        """
         import torch
 
-        from ensemblehub_core._torch import pick_token
+        from ensemblehub_core._torch import HostRead, pick_tokens, reads_ahead
 
         m = self.member
-        keep: list[int] = []
-        tokens: list[int] = []
         size = len(self._rows)
+        tokens = torch.argmax(self._logits, dim=-1)
         for i, row in enumerate(self._rows):
+            if row.request.temperature > 0:  # sampled rows, each from its own seeded generator
+                tokens[i] = pick_tokens(self._logits[i], row.request.temperature, row.request.top_p, row.gen)
+        read = HostRead(tokens)
+        ahead = reads_ahead(self._mask.device)
+        if ahead:
+            self._forward(tokens)
+        keep: list[int] = []
+        for i, (row, tok) in enumerate(zip(self._rows, read.tolist(), strict=True)):
             row.peak = max(row.peak, size)
             if row.future.cancelled():
                 continue
             finish = "length"
             if row.budget > 0:
-                tok = pick_token(self._logits[i], row.request.temperature, row.request.top_p, row.gen)
                 done, finish, row.text = m._advance(row.new, tok, row.request)
                 if not done and len(row.new) < row.budget:
                     keep.append(i)
-                    tokens.append(tok)
                     continue
             self._finish(row, finish)
         if len(keep) < size:
@@ -345,12 +352,21 @@ class StepBatcher:
             index = torch.tensor(keep, device=self._mask.device)
             self._cache.batch_select_indices(index)
             self._mask, self._positions = self._mask[index], self._positions[index]
+            if ahead:
+                self._logits = self._logits[index]
+            tokens = tokens[index]
             _trim(self._cache, self._mask)
             self._mask = self._mask[:, -self._cache.get_seq_length():]
+        if not ahead:
+            self._forward(tokens)
+
+    def _forward(self, tokens: torch.Tensor) -> None:
+        """Feed each row its new token: one forward pass over the batch; next logits and positions."""
+        import torch
+
         dev = self._mask.device
-        self._mask = torch.cat([self._mask, torch.ones((len(keep), 1), dtype=self._mask.dtype, device=dev)], 1)
-        ids = torch.tensor(tokens, device=dev).unsqueeze(1)
-        self._logits = m._batch_forward(ids, self._mask, self._positions, self._cache)
+        self._mask = torch.cat([self._mask, torch.ones((len(tokens), 1), dtype=self._mask.dtype, device=dev)], 1)
+        self._logits = self.member._batch_forward(tokens.unsqueeze(1), self._mask, self._positions, self._cache)
         self._positions = self._positions + 1
 
     def _finish(self, row: _Row, finish: str) -> None:

@@ -196,7 +196,7 @@ class HFTokenSession(RetokenizedSession):
         self.ends: list[int] = []
         self.text = b""  # the answer so far, as the ensemble wrote it
         self.synced = True  # ``answer`` spells ``text``
-        self.kv = KeptCache(gen.model)  # holds the leading positions of prompt + answer
+        self.kv = KeptCache(gen.model, gen.compiled)  # holds the leading positions of prompt + answer
         self.logits: torch.Tensor | None = None
         self.counts = {"forwarded_tokens": 0, "forward_calls": 0, "rolled_back": 0, "own_tokens": 0, "retokenized": 0}
         self._piece_ids: dict[bytes, int | None] = {}
@@ -212,6 +212,7 @@ class HFTokenSession(RetokenizedSession):
         try:
             self._sync()
             total = len(self.prompt) + len(self.answer)
+            self.kv.reserve(total + 1)
             if self.logits is not None and self.kv.cached == total:
                 return self.logits
             if self.kv.cached >= total:  # everything is cached: run the last token again for its logits

@@ -116,3 +116,8 @@ class TokenizerPrompt:
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
+
+    def count_prompt_tokens(self, messages: Sequence[Message], tools: ToolSpec | None = None) -> int:
+        """Tokens of the rendered prompt (as `encode_prompt`, without its context check)."""
+        text = self.render_prompt(messages, tools)
+        return len(self.tokenizer.encode(text, add_special_tokens=self.prompt_format != "chat"))

@@ -11,19 +11,26 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from ensemblehub_core.exceptions import AllMembersFailed, EnsembleHubError, GeneratorError
+from ensemblehub_core.exceptions import AllMembersFailed, ConfigError, EnsembleHubError, GeneratorError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.strategies.select import SelectParams
 from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTrace
 
-__all__ = ["MemberPolicy", "RunContext", "Strategy", "StrategyParams", "gather_candidates"]
+if TYPE_CHECKING:
+    from ensemblehub_core.generators.tokens import TokenSession
+    from ensemblehub_core.strategies.breaker import RequestBreaker
+
+__all__ = [
+    "MemberPolicy", "RunContext", "Strategy", "StrategyParams", "TextDelta", "gather_candidates", "make_strategy",
+    "open_session", "open_token_session",
+]
 
 
 class StrategyParams(BaseModel):
@@ -39,11 +46,24 @@ class StrategyParams(BaseModel):
 
 @dataclass(kw_only=True)
 class MemberPolicy:
-    """How members are called: per-call timeout (seconds, None for none) and retries with backoff."""
+    """How members are called: per-call timeout (seconds, None for none), retries with backoff, and when a
+    failing member is skipped (see `strategies.breaker`).
+
+    Attributes:
+        timeout_s: Seconds one call may take.
+        retries: Further tries of a failed call.
+        backoff_s: Wait before the first retry (doubled for each next one).
+        max_failures: Failed calls (after their retries) after which a member is skipped for the rest of the
+            request, and failures in a row after which its cool-down starts; None: never skipped.
+        cooldown_s: Seconds a member that failed ``max_failures`` times in a row is left out of new requests
+            (0: no cool-down across requests).
+    """
 
     timeout_s: float | None = None
     retries: int = 0
     backoff_s: float = 0.5
+    max_failures: int | None = 3
+    cooldown_s: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -58,10 +78,25 @@ class RunContext:
     rng: random.Random = field(default_factory=random.Random)
     #: Every configured member, when a selection step narrowed ``members`` (roles like a judge resolve here).
     all_members: Mapping[str, Generator] = field(default_factory=dict)
+    #: Which members are skipped after repeated failures (None: none ever is).
+    breaker: RequestBreaker | None = None
+    #: The start of the answer, given by the caller (a final assistant message to continue); every member
+    #: continues it, and it is not part of the result's text.
+    prefix: str = ""
     # outcome, set by the strategy
     finish_reason: str = "length"
     prompt_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class TextDelta:
+    """Text of the round in progress, yielded by a strategy before that round's trace (token streaming).
+
+    The round's trace stays the authority: its ``accepted_text`` is the whole round, deltas included.
+    """
+
+    text: str
 
 
 class Strategy(ABC):
@@ -78,8 +113,53 @@ class Strategy(ABC):
         """Raise `ConfigError`/`CapabilityError` early when the members or scorer cannot run this strategy."""
 
     @abstractmethod
-    def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
-        """Yield one trace per round (an async generator)."""
+    def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace | TextDelta]:
+        """Yield one trace per round (an async generator); a strategy may yield `TextDelta` pieces of a round's
+        text before its trace."""
+
+
+def open_session(
+    gen: Generator, ctx: RunContext, messages: Sequence[Message] | None = None, **kwargs: Any
+) -> GeneratorSession:
+    """``gen``'s session on ``messages`` (default: the run's conversation), already past ``ctx.prefix``."""
+    session = gen.open_session(list(ctx.messages if messages is None else messages), **kwargs)
+    if ctx.prefix:
+        session.accept(ctx.prefix)
+    return session
+
+
+def open_token_session(gen: Generator, ctx: RunContext) -> TokenSession:
+    """``gen``'s token-level session on the run's conversation, already past ``ctx.prefix``."""
+    session = gen.open_token_session(ctx.messages)
+    if ctx.prefix:
+        session.append(ctx.prefix.encode())
+    return session
+
+
+def make_strategy(name: str, params: Mapping[str, Any] | None, where: str = "") -> Strategy:
+    """The registered strategy ``name`` with its parameters checked.
+
+    Args:
+        name: A registered strategy.
+        params: Its parameters.
+        where: Where they were given, for the message (e.g. ``ensembles.trio.strategy``).
+
+    Raises:
+        ConfigError: a parameter is unknown or has a wrong value; the message names each one, as config
+            errors do.
+    """
+    from pydantic import ValidationError
+
+    from ensemblehub_core.config import error_lines
+    from ensemblehub_core.registry import resolve
+
+    cls: type[Strategy] = resolve("strategy", name)
+    try:
+        return cls(cls.Params(**(params or {})))
+    except ValidationError as exc:
+        allowed = sorted(cls.Params.model_fields)
+        lines = error_lines(exc, prefix=f"{where or 'strategy'}.", allowed=allowed)
+        raise ConfigError(f"invalid parameters for strategy '{name}':\n" + "\n".join(lines)) from None
 
 
 async def _call_with_policy(
@@ -109,19 +189,32 @@ async def _call_with_policy(
 
 
 async def gather_candidates(
-    sessions: Mapping[str, GeneratorSession], request: SegmentRequest, policy: MemberPolicy
+    sessions: Mapping[str, GeneratorSession], request: SegmentRequest, policy: MemberPolicy,
+    breaker: RequestBreaker | None = None,
 ) -> tuple[list[Candidate], dict[str, str]]:
     """Ask every session for a candidate concurrently; return the successes and each failure's message.
+
+    Args:
+        sessions: By label: a member's name, or ``name#k`` for its k-th sample.
+        request: What to write.
+        policy: Timeout and retries of each call.
+        breaker: Skips members that keep failing, and records each call's outcome (None: no skipping).
 
     Raises:
         AllMembersFailed: when no member produced a candidate.
     """
-    names = list(sessions)
+    errors: dict[str, str] = {}
+    names = []
+    for name in sessions:
+        reason = breaker.skip_reason(_member_of(name)) if breaker is not None else None
+        if reason is None:
+            names.append(name)
+        else:
+            errors[name] = reason
     results = await asyncio.gather(
         *(_call_with_policy(n, sessions[n], request, policy) for n in names), return_exceptions=True
     )
     cands: list[Candidate] = []
-    errors: dict[str, str] = {}
     for name, res in zip(names, results, strict=True):
         if isinstance(res, GeneratorError):
             errors[name] = res.reason
@@ -129,9 +222,16 @@ async def gather_candidates(
             raise res
         else:
             cands.append(res)
+        if breaker is not None:
+            breaker.record(_member_of(name), ok=not isinstance(res, GeneratorError))
     if not cands:
         raise AllMembersFailed(errors)
     return cands, errors
+
+
+def _member_of(label: str) -> str:
+    """The member a session label names (``name`` or ``name#k`` for a sample)."""
+    return label.rsplit("#", 1)[0] if "#" in label else label
 
 
 def now() -> float:

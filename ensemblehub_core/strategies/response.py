@@ -28,7 +28,14 @@ from ensemblehub_core.exceptions import AllMembersFailed, ConfigError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
 from ensemblehub_core.strategies.answers import Extractor, answer_key, get_extractor
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, gather_candidates, now
+from ensemblehub_core.strategies.base import (
+    RunContext,
+    Strategy,
+    StrategyParams,
+    gather_candidates,
+    now,
+    open_session,
+)
 from ensemblehub_core.strategies.ranking import (
     DEFAULT_PAIR_TEMPLATE,
     MemberJudge,
@@ -112,11 +119,11 @@ async def collect_answers(
             seed=None if p.seed is None else p.seed + k,
         )
         sessions = {
-            (n if samples == 1 else f"{n}#{k + 1}"): g.open_session(list(messages or ctx.messages))
+            (n if samples == 1 else f"{n}#{k + 1}"): open_session(g, ctx, messages)
             for n, g in members.items()
         }
         try:
-            return await gather_candidates(sessions, request, ctx.policy)
+            return await gather_candidates(sessions, request, ctx.policy, ctx.breaker)
         except AllMembersFailed as exc:
             return [], exc.errors
         finally:
@@ -203,7 +210,7 @@ async def _score(ctx: RunContext, cands: list[Candidate]) -> tuple[list[float | 
     if ctx.panel is None:
         return [None] * len(cands), {}, 0.0
     started = now()
-    result = await ctx.panel.score(ScoreRequest(messages=ctx.messages, prefix="", candidates=cands))
+    result = await ctx.panel.score(ScoreRequest(messages=ctx.messages, prefix=ctx.prefix, candidates=cands))
     if result.notes:
         ctx.extra.setdefault("score_notes", []).extend(result.notes)
     return result.combined, result.by_scorer, now() - started

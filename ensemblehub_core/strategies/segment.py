@@ -11,8 +11,10 @@ segment keeps winning (a repetition loop). Members keep their own KV caches betw
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import ClassVar
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -20,10 +22,20 @@ from ensemblehub_core._text import cut_text, is_repetitive
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, gather_candidates, now
+from ensemblehub_core.strategies.base import (
+    RunContext,
+    Strategy,
+    StrategyParams,
+    TextDelta,
+    gather_candidates,
+    now,
+    open_session,
+)
 from ensemblehub_core.types import Candidate, RoundTrace
 
 __all__ = ["RandomStrategy", "SegmentParams", "SegmentStrategy", "SingleParams", "SingleStrategy"]
+
+_T = TypeVar("_T")
 
 
 class SegmentParams(StrategyParams):
@@ -68,7 +80,7 @@ class SegmentStrategy(Strategy):
             trace.scores = [None] * len(cands)
             return 0
         result = await ctx.panel.score(
-            ScoreRequest(messages=ctx.messages, prefix=prefix, candidates=cands, state=state)
+            ScoreRequest(messages=ctx.messages, prefix=ctx.prefix + prefix, candidates=cands, state=state)
         )
         trace.scores, trace.scorer_scores = result.combined, result.by_scorer
         if result.notes:
@@ -78,7 +90,7 @@ class SegmentStrategy(Strategy):
 
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
         p = self.params
-        sessions = {n: g.open_session(ctx.messages, incremental=p.incremental) for n, g in ctx.members.items()}
+        sessions = {n: open_session(g, ctx, incremental=p.incremental) for n, g in ctx.members.items()}
         state: dict[object, object] = {}
         accepted: list[str] = []
         text, used = "", 0
@@ -98,7 +110,7 @@ class SegmentStrategy(Strategy):
                 )
                 started = now()
                 asked = self.round_members(ctx, sessions)
-                cands, errors = await gather_candidates(asked, request, ctx.policy)
+                cands, errors = await gather_candidates(asked, request, ctx.policy, ctx.breaker)
                 if index == 0:
                     ctx.prompt_tokens = next(iter(sessions.values())).prompt_tokens or cands[0].prompt_tokens
                 trace = RoundTrace(index=index, candidates=cands, errors=errors, generate_s=now() - started)
@@ -169,9 +181,9 @@ class SingleStrategy(Strategy):
                 f"members: {', '.join(members)}"
             )
 
-    async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace]:
+    async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace | TextDelta]:
         name = self.params.member or next(iter(ctx.members))
-        session = ctx.members[name].open_session(ctx.messages)
+        session = open_session(ctx.members[name], ctx)
         request = SegmentRequest(
             max_new_tokens=ctx.params.max_tokens,
             stop=ctx.params.stop,
@@ -180,10 +192,14 @@ class SingleStrategy(Strategy):
             seed=ctx.params.seed,
         )
         started = now()
+        result: list[tuple[list[Candidate], dict[str, str]]] = []
         try:
-            cands, errors = await gather_candidates({name: session}, request, ctx.policy)
+            work = gather_candidates({name: session}, request, ctx.policy, ctx.breaker)
+            async for delta in _streamed(work, request, result):
+                yield delta
         finally:
             session.close()
+        cands, errors = result[0]
         win = cands[0]
         ctx.prompt_tokens = win.prompt_tokens
         ctx.finish_reason = "stop" if win.finish_reason in ("eos", "stop") else "length"
@@ -191,3 +207,37 @@ class SingleStrategy(Strategy):
             index=0, candidates=cands, scores=[None], winner=name, winner_index=0, accepted_text=win.text,
             accepted_tokens=win.token_count, generate_s=now() - started, errors=errors,
         )
+
+
+async def _streamed(
+    work: Awaitable[_T], request: SegmentRequest, out: list[_T]
+) -> AsyncIterator[TextDelta]:
+    """Run ``work`` (a call with ``request``), yielding the text its backend reports as it grows; its result
+    is appended to ``out``. Reports that do not extend what was sent (a retry starting over) are skipped."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+
+    def report(text: str) -> None:  # called from the backend's worker thread
+        loop.call_soon_threadsafe(queue.put_nowait, text)
+
+    request.on_text = report
+    task = asyncio.ensure_future(work)
+    sent = ""
+    try:
+        while not task.done():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                continue
+            text = getter.result()
+            if len(text) > len(sent) and text.startswith(sent):
+                yield TextDelta(text=text[len(sent):])
+                sent = text
+        out.append(task.result())
+    finally:
+        request.on_text = None
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

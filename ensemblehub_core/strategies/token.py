@@ -32,12 +32,12 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from ensemblehub_core._torch import pick_token, seeded_generator
+from ensemblehub_core._torch import HostRead, pick_tokens, seeded_generator
 from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.tokens import Piece, TokenSession, ranked_pieces, text_only_message
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams
+from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, open_token_session
 from ensemblehub_core.strategies.vocab import UnionVocab, union_vocab
 from ensemblehub_core.types import Candidate, RoundTrace
 
@@ -89,7 +89,8 @@ class _Run:
     primary: str
     temperature: float
     top_p: float
-    rng: torch.Generator | None
+    seed: int | None
+    rng: torch.Generator | None = None  # made on the device the combined distribution lives on, at first use
     union: UnionVocab | None = None
 
 
@@ -250,7 +251,7 @@ class _TokenStrategy(Strategy):
                 session.close()
 
     def _open(self, ctx: RunContext) -> _Run:
-        sessions = {name: gen.open_token_session(ctx.messages) for name, gen in ctx.members.items()}
+        sessions = {name: open_token_session(gen, ctx) for name, gen in ctx.members.items()}
         for name, s in sessions.items():
             if self.needs_full and not s.full_distribution:
                 raise CapabilityError(text_only_message(name, type(ctx.members[name]).__name__, self.name))
@@ -263,7 +264,7 @@ class _TokenStrategy(Strategy):
             primary=primary,
             temperature=ctx.params.temperature,
             top_p=ctx.params.top_p,
-            rng=seeded_generator(ctx.params.seed),
+            seed=ctx.params.seed,
         )
 
     def _step(self, run: _Run) -> _Choice:
@@ -280,10 +281,13 @@ class _TokenStrategy(Strategy):
                 logits[name] = session.next_logits() if session.full_distribution else None
         return self.choose(run, logits)
 
-    def _pick(self, run: _Run, probs: torch.Tensor) -> int:
+    def _pick(self, run: _Run, probs: torch.Tensor) -> torch.Tensor:
+        """The chosen index of ``probs``, on its device (read it back together with whatever else is needed)."""
         if run.temperature <= 0:
-            return int(torch.argmax(probs))
-        return pick_token(torch.log(probs), run.temperature, run.top_p, run.rng)
+            return torch.argmax(probs)
+        if run.rng is None and run.seed is not None:
+            run.rng = seeded_generator(run.seed, probs.device)
+        return pick_tokens(torch.log(probs), run.temperature, run.top_p, run.rng)
 
     def _trace(self, index: int, choice: _Choice, run: _Run, text: str, elapsed: float) -> RoundTrace:
         names = list(choice.probs)
@@ -323,13 +327,15 @@ def _gate(session: TokenSession, logits: torch.Tensor, threshold: float) -> _Cho
     """The primary member's top token when it is confident enough (and is text or EOS)."""
     probs = torch.softmax(logits, dim=-1)
     top_p, top_id = torch.max(probs, dim=-1)
+    # One read for both: a token id is exact in float64.
+    p, t = HostRead(torch.stack([top_p.double(), top_id.double()])).tolist()
     vocab = session.vocab()
-    tid = int(top_id)
+    tid = int(t)
     piece = None if tid in vocab.eos_ids else vocab.piece(tid)
-    if float(top_p) < threshold or (piece is None and tid not in vocab.eos_ids):
+    if p < threshold or (piece is None and tid not in vocab.eos_ids):
         return None
     name = session.member
-    return _Choice(piece=piece, own={name: tid}, probs={name: float(top_p)}, tops={name: piece}, gated=True)
+    return _Choice(piece=piece, own={name: tid}, probs={name: float(p)}, tops={name: piece}, gated=True)
 
 
 class GaCStrategy(_TokenStrategy):
@@ -355,15 +361,28 @@ class GaCStrategy(_TokenStrategy):
         names = list(run.sessions)
         probs = {n: torch.softmax(_full(logits[n]), dim=-1) for n in names}
         total = union.combine([probs[n] for n in names], [run.weights[n] for n in names])
+        device = total.device
         uid = self._pick(run, total)
-        choice = _Choice(piece=union.pieces[uid])
+        # Everything the trace needs, gathered on the device and read back at once: the chosen union id, then per
+        # member its top id, that id's union id and the member's mass on the chosen union id.
+        parts = [uid.double().reshape(1)]
         for m, n in enumerate(names):
-            top = int(torch.argmax(probs[n]))
-            top_uid = int(union.maps[m][top]) if top < union.maps[m].shape[0] else union.sink
-            choice.tops[n] = union.pieces[top_uid] if top_uid != union.sink else b""
-            choice.probs[n] = union.member_mass(m, probs[n], uid)
-            if top_uid == uid:
-                choice.own[n] = top
+            p = probs[n]
+            top = torch.argmax(p)
+            mapping = union.map_on(m, p.device)
+            inside = top < mapping.shape[0]
+            top_uid = torch.where(inside, mapping[top.clamp(max=mapping.shape[0] - 1)], union.sink)
+            mass = union.member_union(m, p)[uid.to(p.device)]
+            parts.append(torch.stack([top.double(), top_uid.double(), mass.double()]).to(device))
+        read = HostRead(torch.cat(parts)).tolist()
+        chosen = int(read[0])
+        choice = _Choice(piece=union.pieces[chosen])
+        for m, n in enumerate(names):
+            own_id, own_uid = int(read[1 + 3 * m]), int(read[2 + 3 * m])
+            choice.tops[n] = union.pieces[own_uid] if own_uid != union.sink else b""
+            choice.probs[n] = float(read[3 + 3 * m])
+            if own_uid == chosen:
+                choice.own[n] = own_id
         return choice
 
 
@@ -381,20 +400,28 @@ class UniTEStrategy(_TokenStrategy):
         pieces: list[Piece] = []
         for listed in tops.values():
             pieces += [p for p, _ in listed if p not in pieces]
+        device = next((lg.device for lg in logits.values() if lg is not None), torch.device("cpu"))
         dists = {
-            n: torch.softmax(self._union_logits(run.sessions[n], logits[n], tops[n], pieces), dim=-1)
+            n: torch.softmax(self._union_logits(run.sessions[n], logits[n], tops[n], pieces), dim=-1).to(device)
             for n in run.sessions
         }
         total = sum(run.weights[n] * d for n, d in dists.items())
         assert isinstance(total, torch.Tensor)
         idx = self._pick(run, total)
-        choice = _Choice(piece=pieces[idx])
+        # One read: the chosen index, each member's probability of it and each full member's own top id.
+        parts = [idx.double().reshape(1)]
         for n in run.sessions:
-            choice.probs[n] = float(dists[n][idx])
-            choice.tops[n] = tops[n][0][0] if tops[n] else b""
             lg = logits[n]
-            if lg is not None and choice.tops[n] == choice.piece and choice.piece is not None:
-                choice.own[n] = int(torch.argmax(lg))
+            top = torch.argmax(lg).to(device) if lg is not None else torch.tensor(-1, device=device)
+            parts.append(torch.stack([dists[n][idx].double(), top.double()]))
+        read = HostRead(torch.cat(parts)).tolist()
+        chosen = int(read[0])
+        choice = _Choice(piece=pieces[chosen])
+        for i, n in enumerate(run.sessions):
+            choice.probs[n] = float(read[1 + 2 * i])
+            choice.tops[n] = tops[n][0][0] if tops[n] else b""
+            if logits[n] is not None and choice.tops[n] == choice.piece and choice.piece is not None:
+                choice.own[n] = int(read[2 + 2 * i])
         return choice
 
     @staticmethod
@@ -402,7 +429,8 @@ class UniTEStrategy(_TokenStrategy):
         if logits is None:
             return session.top_logprobs(k)
         values, ids = torch.topk(logits, min(k + 8, logits.shape[0]))  # spare slots for control tokens
-        return ranked_pieces(zip(ids.tolist(), values.tolist(), strict=True), session.vocab(), k)
+        both = HostRead(torch.stack([ids.double(), values.double()])).tolist()  # one read for ids and values
+        return ranked_pieces(zip([int(i) for i in both[0]], both[1], strict=True), session.vocab(), k)
 
     @staticmethod
     def _union_logits(
@@ -411,20 +439,25 @@ class UniTEStrategy(_TokenStrategy):
         listed: list[tuple[Piece, float]],
         pieces: list[Piece],
     ) -> torch.Tensor:
-        """This member's score for every union piece: its own logit (top-k members: listed log-prob)."""
+        """This member's score for every union piece: its own logit (top-k members: listed log-prob).
+
+        Full members: the ids are looked up on the host, the logits gathered on the device in one go.
+        """
         if logits is None:
             known = dict(listed)
             floor = min(known.values()) if known else 0.0  # unlisted: at most as likely as its last listed
             return torch.tensor([known.get(p, floor) for p in pieces], dtype=torch.float32)
-        out = torch.full((len(pieces),), float("-inf"))
-        eos = sorted(session.vocab().eos_ids)
-        for j, piece in enumerate(pieces):
-            if piece is None:
-                out[j] = torch.logsumexp(logits[eos], dim=0) if eos else float("-inf")
-                continue
-            tid = session.piece_id(piece)
-            if tid is not None:
-                out[j] = logits[tid]
+        ids: list[int] = []
+        for piece in pieces:
+            tid = session.piece_id(piece) if piece is not None else None
+            ids.append(-1 if tid is None else tid)
+        dev = logits.device
+        index = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
+        out = torch.where(index >= 0, logits[index.clamp(min=0)], float("-inf"))
+        if None in pieces:
+            eos = sorted(session.vocab().eos_ids)
+            at = pieces.index(None)
+            out[at] = torch.logsumexp(logits[eos], dim=0) if eos else float("-inf")
         return out
 
 

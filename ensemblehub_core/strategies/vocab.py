@@ -256,6 +256,7 @@ class UnionVocab:
     keys: tuple[str, ...]
     build_s: float = 0.0
     nbytes: int = 0
+    _placed: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -267,16 +268,39 @@ class UnionVocab:
         """The slot control tokens map to; zeroed after combining."""
         return len(self.pieces)
 
+    def map_on(self, member: int, device: Any) -> torch.Tensor:
+        """Member ``member``'s id → union id map, held on ``device`` (copied there once, then kept)."""
+        key = (member, str(device))
+        placed = self._placed.get(key)
+        if placed is None:
+            placed = self._placed[key] = self.maps[member].to(device)
+        return placed
+
     def combine(self, probs: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-        """Weighted sum of member probability vectors in union space (length ``size + 1``, sink zeroed)."""
+        """Weighted sum of member probability vectors in union space (length ``size + 1``, sink zeroed).
+
+        The sum is taken on the first member's device; each member's vector is mapped on its own device.
+        """
         import torch
 
-        total = torch.zeros(self.size + 1, dtype=torch.float32)
+        device = probs[0].device
+        total = torch.zeros(self.size + 1, dtype=torch.float32, device=device)
         for m, (p, w) in enumerate(zip(probs, weights, strict=True)):
-            mapping = self.maps[m]
-            total.index_add_(0, mapping, p[: mapping.shape[0]].float(), alpha=float(w))
+            if p.device == device:
+                mapping = self.map_on(m, device)
+                total.index_add_(0, mapping, p[: mapping.shape[0]].float(), alpha=float(w))
+            else:
+                total += self.member_union(m, p).to(device) * float(w)
         total[self.sink] = 0.0
         return total
+
+    def member_union(self, member: int, probs: torch.Tensor) -> torch.Tensor:
+        """One member's probability vector summed into union space, on its own device (sink included)."""
+        import torch
+
+        mapping = self.map_on(member, probs.device)
+        out = torch.zeros(self.size + 1, dtype=torch.float32, device=probs.device)
+        return out.index_add_(0, mapping, probs[: mapping.shape[0]].float())
 
     def member_mass(self, member: int, probs: torch.Tensor, union_id: int) -> float:
         """How much of one member's probability falls on ``union_id`` (no scan of its vocabulary)."""

@@ -285,7 +285,8 @@ class ServerState:
                                    "send shorter prompts, or raise server.request_timeout_s", code="timeout") from None
                 finally:
                     lease.release()
-            merged = self._track(_Merged([runner.stream(p, params) for p, params in self._runs(job, runner)]))
+            merged = self._track(_Merged([runner.stream(p, params, live=job.stream)
+                                          for p, params in self._runs(job, runner)]))
         except BaseException:
             lease.release()
             raise
@@ -483,6 +484,9 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
                      "token; send max_tokens 1", param="max_tokens")
     if job.params.get("tools"):
         raise refuse("answers that may call tools are not scored; ask without 'tools'", param="tools")
+    if job.params.get("continue_final_message"):
+        raise refuse("continued messages are not scored; ask without 'continue_final_message'",
+                     param="continue_final_message")
     return member
 
 

@@ -104,6 +104,13 @@ class ChatCompletionRequest(_GenerationRequest):
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    continue_final_message: bool = Field(
+        default=False, description="As vLLM: continue the final assistant message instead of starting a new one "
+        "(send with add_generation_prompt: false).",
+    )
+    add_generation_prompt: bool = Field(
+        default=True, description="As vLLM: false only together with continue_final_message: true.",
+    )
 
 
 class CompletionRequest(_GenerationRequest):
@@ -325,6 +332,8 @@ def chat_job(req: ChatCompletionRequest) -> Job:
             raise APIError(400, "'prompt' must not be an empty list", param="prompt")
         prompts, field_name = [[Message(role="user", content=p)] for p in items], "prompt"
     params = _common(req, req.max_completion_tokens or req.max_tokens)
+    if _continues(req):
+        params["continue_final_message"] = True
     if req.tools is not None or req.tool_choice is not None:
         try:  # the engine's own validation, run here so that the error names its field
             spec = ToolSpec.from_params(req.tools, req.tool_choice)
@@ -340,6 +349,25 @@ def chat_job(req: ChatCompletionRequest) -> Job:
         logprobs_requested=bool(req.logprobs) or req.top_logprobs is not None, top_logprobs=req.top_logprobs or 0,
         prompt_field=field_name,
     )
+
+
+def _continues(req: ChatCompletionRequest) -> bool:
+    """Whether the request continues its final assistant message (vLLM's two fields, checked as vLLM does)."""
+    if req.continue_final_message and req.add_generation_prompt:
+        raise APIError(400, "'continue_final_message' and 'add_generation_prompt' cannot both be true; send "
+                       "add_generation_prompt: false to continue the final assistant message",
+                       param="add_generation_prompt")
+    if not req.add_generation_prompt and not req.continue_final_message:
+        raise APIError(400, "'add_generation_prompt: false' is served only with 'continue_final_message: true' "
+                       "(continue the final assistant message); leave it out to start a new answer",
+                       param="add_generation_prompt", code="unsupported_parameter")
+    if not req.continue_final_message:
+        return False
+    last = req.messages[-1] if req.messages else None
+    if last is None or last.role != "assistant" or last.tool_calls:
+        raise APIError(400, "'continue_final_message' needs 'messages' to end with an assistant message (the "
+                       "text to continue)", param="messages")
+    return True
 
 
 def _chat_messages(messages: list[ChatMessage]) -> list[Message]:

@@ -82,8 +82,17 @@ class Runner:
     def __init__(self, ensemble: Ensemble) -> None:
         self.ensemble = ensemble
 
-    def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
-        """Each accepted segment as it is decided, then a chunk carrying the result."""
+    def stream(
+        self, messages: list[Message], params: dict[str, Any], *, live: bool = False
+    ) -> AsyncIterator[EnsembleChunk]:
+        """Each accepted segment as it is decided, then a chunk carrying the result.
+
+        Args:
+            messages: The conversation.
+            params: Generation overrides.
+            live: The client reads the answer as it is written (``stream: true``): a one-member ensemble then
+                streams its tokens through the engine rather than joining a batch that answers at the end.
+        """
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -97,7 +106,9 @@ class DirectRunner(Runner):
         super().__init__(ensemble)
         self._slots = asyncio.Semaphore(max_concurrency)
 
-    async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
+    async def stream(
+        self, messages: list[Message], params: dict[str, Any], *, live: bool = False
+    ) -> AsyncIterator[EnsembleChunk]:
         async with self._slots:
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk
@@ -122,6 +133,11 @@ def _alone(params: dict[str, Any], p: GenerationParams) -> bool:
     return bool(params.get("tools")) or (p.temperature > 0 and p.seed is not None)
 
 
+def _engine_only(params: dict[str, Any]) -> bool:
+    """Requests only the engine runs: tools (the prompt changes, calls are parsed) and continued messages."""
+    return bool(params.get("tools") or params.get("continue_final_message"))
+
+
 class ContinuousRunner(Runner):
     """A ``single`` ensemble whose member admits requests into its running batch between decode steps."""
 
@@ -137,12 +153,14 @@ class ContinuousRunner(Runner):
         """For each recent finished request, the largest batch it was decoded in (for stats and tests)."""
         return list(getattr(self.batcher, "peaks", ()))
 
-    async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
-        p = _generation_params(self.ensemble, params)
-        if _alone(params, p):
+    async def stream(
+        self, messages: list[Message], params: dict[str, Any], *, live: bool = False
+    ) -> AsyncIterator[EnsembleChunk]:
+        if live or _engine_only(params) or _alone(params, _generation_params(self.ensemble, params)):
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk
             return
+        p = _generation_params(self.ensemble, params)
         request = SegmentRequest(max_new_tokens=p.max_tokens, stop=p.stop, temperature=p.temperature,
                                  top_p=p.top_p, seed=p.seed)
         timeout = self.ensemble.policy.timeout_s
@@ -205,8 +223,10 @@ class BatchingRunner(Runner):
         self._worker: asyncio.Task[None] | None = None
         self.batches: list[int] = []  # sizes of the batches run, for stats and tests
 
-    async def stream(self, messages: list[Message], params: dict[str, Any]) -> AsyncIterator[EnsembleChunk]:
-        if params.get("tools"):
+    async def stream(
+        self, messages: list[Message], params: dict[str, Any], *, live: bool = False
+    ) -> AsyncIterator[EnsembleChunk]:
+        if live or _engine_only(params):
             # Tools change each member's prompt and need the engine's call parsing: no batching for them.
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk

@@ -14,3 +14,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from ensemblehub_integrations.litellm import EnsembleLLM
 
 ensemble_llm = EnsembleLLM(os.environ.get("ENSEMBLEHUB_CONFIG") or Path(__file__).with_name("ensembles.yaml"))
+# Context length, tool calling and cost per ensemble, for the proxy's routing and spend tracking (reads the
+# config only).
+ensemble_llm.register_models()

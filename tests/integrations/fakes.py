@@ -57,3 +57,34 @@ def flaky(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> 
     if calls["flaky"] % 2 == 1:
         raise RuntimeError("temporary outage")
     return "recovered"
+
+
+TYPED = ["One", " two", " three", " four", " five."]
+
+
+async def typewriter(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """Writes TYPED a word at a time, reporting the text as it grows (as a local model decoding does)."""
+    import asyncio
+
+    text = ""
+    for word in TYPED:
+        text += word
+        if request.on_text is not None:
+            request.on_text(text)
+        await asyncio.sleep(0.05)
+    return text
+
+
+async def hang(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """A member that never answers in time (counted in ``calls["hang"]``)."""
+    import asyncio
+
+    calls["hang"] = calls.get("hang", 0) + 1
+    await asyncio.sleep(30)
+    return "too late"
+
+
+def words(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """Counts w0 w1 ... on from the accepted prefix; never ends by itself."""
+    start = len(prefix.split())
+    return (" " if prefix else "") + " ".join(f"w{i}" for i in range(start, start + 1000))

@@ -54,17 +54,17 @@ def test_invoke_gives_text_usage_and_the_trace_summary() -> None:
 def test_stream_yields_each_segment_and_usage_once_with_one_callback_per_chunk() -> None:
     handler = Tokens()
     chunks = list(ChatEnsemble(config=FAKE, model="steps").stream("Q", config={"callbacks": [handler]}))
-    assert [c.content for c in chunks] == [*fakes.STEPS, ""]
-    assert [c.usage_metadata is not None for c in chunks] == [False, False, False, True]
+    assert [c.content for c in chunks] == fakes.STEPS  # the last piece carries usage: no empty chunk
+    assert [c.usage_metadata is not None for c in chunks] == [False, False, True]
     assert chunks[-1].chunk_position == "last" and chunks[-1].response_metadata["model_name"] == "steps"
-    assert handler.tokens == [*fakes.STEPS, ""]
+    assert handler.tokens == fakes.STEPS  # no empty token for the last chunk (usage and metadata)
 
 
 async def test_astream_matches_stream() -> None:
     handler = Tokens()
     llm = ChatEnsemble(config=FAKE, model="steps")
     chunks = [c async for c in llm.astream("Q", config={"callbacks": [handler]})]
-    assert [c.content for c in chunks] == [*fakes.STEPS, ""] and handler.tokens == [*fakes.STEPS, ""]
+    assert [c.content for c in chunks] == fakes.STEPS and handler.tokens == fakes.STEPS
     full = chunks[0]
     for c in chunks[1:]:
         full = full + c
@@ -201,3 +201,18 @@ def test_concurrent_async_calls() -> None:
         return [str(m.content) for m in out]
 
     assert asyncio.run(main()) == [f"You said: n{i}" for i in range(5)]
+
+
+def test_one_member_ensemble_streams_tokens_as_they_come() -> None:
+    handler = Tokens()
+    llm = ChatEnsemble(config=FAKE, model="typist")
+    chunks = list(llm.stream("Count.", config={"callbacks": [handler]}))
+    assert [c.content for c in chunks] == fakes.TYPED  # one chunk per word, the last with usage
+    assert handler.tokens == fakes.TYPED
+    assert chunks[-1].usage_metadata is not None and chunks[-1].usage_metadata["output_tokens"] > 0
+    assert llm.invoke("Count.").content == "".join(fakes.TYPED)
+
+
+async def test_one_member_ensemble_streams_tokens_async() -> None:
+    pieces = [c.content async for c in ChatEnsemble(config=FAKE, model="typist").astream("Count.")]
+    assert pieces == fakes.TYPED

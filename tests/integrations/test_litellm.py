@@ -93,8 +93,12 @@ def test_unknown_ensemble_lists_the_configured_ones(handler: EnsembleLLM) -> Non
 
 
 def test_unsupported_parameter_is_refused_not_ignored(handler: EnsembleLLM) -> None:
-    with pytest.raises(litellm.BadRequestError, match="do not support n > 1"):
+    # LiteLLM refuses it itself now that it knows what the provider supports; the handler's own check stays
+    # for callers that bypass LiteLLM's (allowed_openai_params).
+    with pytest.raises(litellm.BadRequestError, match=r"does not support parameters: \['n'\]"):
         litellm.completion(model="ensemble/echo", messages=USER, n=2)
+    with pytest.raises(litellm.BadRequestError, match="do not support n > 1"):
+        litellm.completion(model="ensemble/echo", messages=USER, n=2, allowed_openai_params=["n"])
 
 
 def test_members_failing_map_to_a_server_error(handler: EnsembleLLM) -> None:
@@ -136,3 +140,76 @@ def test_real_small_model_ensemble_streaming_and_not() -> None:
         model="ensemble/duo", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=8, stream=True
     ))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip()
+
+
+# -- what LiteLLM knows about the provider -------------------------------------------------------------------
+def test_supported_params_are_truthful_so_drop_params_works(handler: EnsembleLLM) -> None:
+    supported = litellm.get_supported_openai_params(model="echo", custom_llm_provider="ensemble")
+    assert supported is not None
+    assert {"max_tokens", "temperature", "tools", "stream"} <= set(supported)
+    assert not {"logprobs", "n", "response_format"} & set(supported)
+    assert litellm.get_supported_openai_params(model="gpt-4o-mini", custom_llm_provider="openai") != supported
+    with pytest.raises(litellm.UnsupportedParamsError, match="logprobs"):
+        litellm.completion(model="ensemble/echo", messages=USER, logprobs=True)
+    reply = litellm.completion(model="ensemble/echo", messages=USER, logprobs=True, top_logprobs=2, n=3,
+                               response_format={"type": "json_object"}, drop_params=True)
+    assert reply.choices[0].message.content == "You said: What is 6 * 7?"
+
+
+def test_model_info_cost_and_function_calling(handler: EnsembleLLM) -> None:
+    assert litellm.supports_function_calling("ensemble/steps") is True
+    info = litellm.get_model_info("ensemble/steps")
+    assert info["litellm_provider"] == "ensemble" and info["mode"] == "chat"
+    assert info["input_cost_per_token"] == 0 and info["output_cost_per_token"] == 0  # local members cost nothing
+    reply = litellm.completion(model="ensemble/steps", messages=USER)
+    assert litellm.completion_cost(reply) == 0.0
+
+
+def test_api_members_are_priced_from_litellms_cost_map() -> None:
+    mini = litellm.get_model_info("openai/gpt-4o-mini")
+    cfg = parse_config({"ensembles": {"mixed": {
+        "members": [
+            {"name": "api", "backend": "litellm", "model": "openai/gpt-4o-mini",
+             "options": {"api_base": "http://127.0.0.1:9/v1"}},
+            {"name": "local", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}},
+        ],
+        "scorer": {"type": "function", "options": {"fn": "tests.integrations.fakes:prefers_steps"}},
+    }}})
+    register(cfg)  # reads the config only: nothing is built or called
+    info = litellm.get_model_info("ensemble/mixed")
+    assert info["input_cost_per_token"] == mini["input_cost_per_token"] > 0
+    assert info["output_cost_per_token"] == mini["output_cost_per_token"]
+    assert info["max_input_tokens"] == mini["max_input_tokens"]
+    cost = litellm.completion_cost(model="ensemble/mixed", prompt="What is 6 * 7?", completion="42")
+    assert cost > 0
+
+
+def test_usage_has_the_kept_tokens_and_every_members_generated_tokens(handler: EnsembleLLM) -> None:
+    reply = litellm.completion(model="ensemble/steps", messages=USER)
+    assert reply.usage.completion_tokens == 16  # the kept answer
+    assert reply.usage.member_tokens == {"stepper": 16, "rambler": 24}  # what each member wrote
+
+
+@pytest.mark.parametrize("how", ["extra_body", "param"])
+def test_trace_on_request_through_the_sdk(handler: EnsembleLLM, how: str) -> None:
+    ask = {"extra_body": {"ensemble_trace": True}} if how == "extra_body" else {"ensemble_trace": "full"}
+    reply = litellm.completion(model="ensemble/steps", messages=USER, **ask)
+    (trace,) = reply.ensemble_trace
+    assert [r["winner"] for r in trace["rounds"]] == ["stepper"] * 3
+    assert ("candidates" in trace["rounds"][0]) == (how == "param")
+    assert getattr(litellm.completion(model="ensemble/steps", messages=USER), "ensemble_trace", None) is None
+    chunks = list(litellm.completion(model="ensemble/steps", messages=USER, stream=True, **ask))
+    traces = [c.ensemble_trace for c in chunks if getattr(c, "ensemble_trace", None)]
+    assert len(traces) == 1 and traces[0][0]["strategy"] == "segment"
+
+
+def test_one_member_ensemble_streams_tokens_as_they_come(handler: EnsembleLLM) -> None:
+    import time
+
+    started = time.perf_counter()
+    arrived = []
+    for chunk in litellm.completion(model="ensemble/typist", messages=USER, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrived.append((chunk.choices[0].delta.content, time.perf_counter() - started))
+    assert [text for text, _ in arrived] == fakes.TYPED
+    assert arrived[-1][1] - arrived[0][1] > 0.1  # spread over the writing, not one burst at the end

@@ -146,3 +146,27 @@ def test_prompt_longer_than_the_context_is_400(real_server: Served) -> None:
                         json={"model": model, "messages": [{"role": "user", "content": long * 4}]})
         assert r.status_code == 400, r.text
         assert r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_continue_final_message_continues_the_text_on_a_real_model(real_server: Served) -> None:
+    c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    start = "The ocean is a vast and mysterious world"
+    messages = [{"role": "user", "content": "Write two sentences about the ocean."},
+                {"role": "assistant", "content": start}]
+    for model in ("smollm2-135m", "pair"):  # one member (batching runner) and a segment ensemble
+        r = c.chat.completions.create(model=model, messages=messages, max_tokens=10, extra_body={
+            "continue_final_message": True, "add_generation_prompt": False})
+        text = r.choices[0].message.content
+        assert text and not text.lstrip().startswith("The ocean"), text  # it goes on; it does not start over
+    fresh = c.chat.completions.create(model="smollm2-135m", messages=messages[:1], max_tokens=10)
+    assert fresh.choices[0].message.content != text
+
+
+def test_one_member_ensemble_streams_tokens_on_a_real_model(real_server: Served) -> None:
+    c = openai.OpenAI(base_url=f"{real_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+    q = [{"role": "user", "content": "Name three colours."}]
+    pieces = [ch.choices[0].delta.content for ch in c.chat.completions.create(
+        model="smollm2-135m", messages=q, max_tokens=16, stream=True) if ch.choices and ch.choices[0].delta.content]
+    whole = c.chat.completions.create(model="smollm2-135m", messages=q, max_tokens=16).choices[0].message.content
+    assert len(pieces) >= 8, pieces  # token by token, not the answer in one piece
+    assert "".join(pieces) == whole
