@@ -62,7 +62,7 @@ def test_generated_requests_never_get_a_5xx(fast_server: Any, mode: Any) -> None
         method = "POST" if "completions" in path else "GET"
 
         @given(case=schema[path][method].as_strategy(generation_mode=mode))
-        @settings(max_examples=75 if method == "POST" else 15, deadline=None, database=None, derandomize=True,
+        @settings(max_examples=100 if method == "POST" else 15, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
         def run(case: Any) -> None:
             _check(case)
