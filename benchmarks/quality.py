@@ -96,6 +96,17 @@ def _record_from_json(row: dict[str, Any]) -> cal.Record:
     return cal.Record(id=row["id"], candidates=cands, scores=row["scores"], correct=row["correct"])
 
 
+def _read_store(store: Path) -> list[dict[str, Any]]:
+    """The kept records; a line a stopped run left half written is skipped (its item is answered again)."""
+    rows = []
+    for line in store.read_text(encoding="utf-8").splitlines() if store.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
     """The scorers every selection rule draws on: confidence, answer agreement and the committee's likelihood."""
     committee = [LikelihoodScorer(f"likelihood:{n}", g, member=n) for n, g in members.items()]
@@ -107,14 +118,7 @@ def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
 def records_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any],
                 panel: ScoringPanel, max_tokens: int) -> list[cal.Record]:
     """The kept records of these items, answering and scoring only the ones not kept yet."""
-    kept: dict[tuple[str, str, str], cal.Record] = {}
-    if store.exists():
-        for line in store.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line a stopped run left half written: answered again below
-                continue
-            kept[(row["set"], row["split"], row["id"])] = _record_from_json(row)
+    kept = {(row["set"], row["split"], row["id"]): _record_from_json(row) for row in _read_store(store)}
     todo = [it for it in items if (set_name, split, it.id) not in kept]
     if todo:
         by_id = {it.id: it for it in todo}
@@ -140,16 +144,9 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
                 ) -> list[cal.Record]:
     """Self-consistency candidates: the ``vote-qwen-x5`` ensemble's five answers per item (greedy + 4 sampled),
     with their token log-probabilities, kept like the members' records (split name suffixed ``-samples``)."""
-    kept: dict[str, cal.Record] = {}
     tag = f"{split}-samples"
-    if store.exists():
-        for line in store.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row["set"] == set_name and row["split"] == tag:
-                kept[row["id"]] = _record_from_json(row)
+    kept = {row["id"]: _record_from_json(row) for row in _read_store(store)
+            if row["set"] == set_name and row["split"] == tag}
     todo = [it for it in items if it.id not in kept]
     for n, it in enumerate(todo, 1):
         result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)

@@ -135,26 +135,26 @@ def fit_logistic(rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: fl
     return [float(v) for v in w]
 
 
-def _confidence_name(panel: Any) -> str | None:
+def _confidence(panel: Any) -> Any:
+    """The panel's `ConfidenceScorer`, or None."""
     from ensemblehub_core.scorers.confidence import ConfidenceScorer
 
     for scorer, _ in panel.scorers if panel is not None else []:
         if isinstance(scorer, ConfidenceScorer):
-            return str(scorer.name)
+            return scorer
     return None
 
 
 def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> CalibrationReport:
     """Per-member confidence calibration and panel weights from ``records`` (all of them are fitted on)."""
     report = CalibrationReport()
-    conf = _confidence_name(panel)
+    conf = _confidence(panel)
     if conf is not None:
-        scorer = next(s for s, _ in panel.scorers if s.name == conf)
         for member in members:
             xs, ys = [], []
             for r in records:
                 for c, ok in zip(r.candidates, r.correct, strict=True):
-                    value = scorer.raw(c) if c.member == member and c.ok else None
+                    value = conf.raw(c) if c.member == member and c.ok else None
                     if value is not None:
                         xs.append([value])
                         ys.append(ok)
@@ -167,7 +167,7 @@ def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> Calibr
     rows: list[list[float]] = []
     labels: list[bool] = []
     for r in records:
-        for row, ok in zip(_features(r, names, conf, report.calibration, panel), r.correct, strict=True):
+        for row, ok in zip(_features(r, names, conf, report.calibration), r.correct, strict=True):
             if row is not None:
                 rows.append(row)
                 labels.append(ok)
@@ -178,19 +178,17 @@ def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> Calibr
     return report
 
 
-def _features(record: Record, names: Sequence[str], conf: str | None,
-              calibration: dict[str, tuple[float, float]], panel: Any) -> list[list[float] | None]:
-    """Per candidate, every scorer's score (confidence calibrated); None when any is missing."""
+def _features(record: Record, names: Sequence[str], conf: Any,
+              calibration: dict[str, tuple[float, float]]) -> list[list[float] | None]:
+    """Per candidate, every scorer's score (confidence under ``calibration``); None when any is missing."""
     out: list[list[float] | None] = []
-    scorer = next((s for s, _ in panel.scorers if s.name == conf), None) if conf else None
     for i, c in enumerate(record.candidates):
         row: list[float] = []
         for n in names:
-            v = record.scores.get(n, [None] * len(record.candidates))[i]
-            if n == conf and scorer is not None:
-                raw = scorer.raw(c)
-                slope, intercept = calibration.get(c.member, (1.0, 0.0))
-                v = None if raw is None else slope * raw + intercept
+            if conf is not None and n == conf.name:
+                v = conf.calibrated(c, calibration)
+            else:
+                v = record.scores.get(n, [None] * len(record.candidates))[i]
             if v is None:
                 break
             row.append(float(v))
@@ -200,21 +198,23 @@ def _features(record: Record, names: Sequence[str], conf: str | None,
 
 def select_accuracy(records: Sequence[Record], panel: Any, weights: dict[str, float] | None = None,
                     calibration: dict[str, tuple[float, float]] | None = None) -> float:
-    """Share of records where the answer the weighted panel ranks first is right (ties: member order)."""
+    """Share of records where the answer the weighted panel ranks first is right (ties: member order).
+
+    ``calibration`` maps the confidence scorer's values; without it they are used raw.
+    """
     if not records:
         return math.nan
     names = [s.name for s, _ in panel.scorers] if panel is not None else []
-    given = {s.name: w for s, w in panel.scorers} if panel is not None else {}
-    use = weights or given
-    conf = _confidence_name(panel)
+    use = weights or ({s.name: w for s, w in panel.scorers} if panel is not None else {})
+    total = sum(use[n] for n in names) or 1.0
+    conf = _confidence(panel)
     right = 0
     for r in records:
-        feats = _features(r, names, conf, calibration or {}, panel) if names else [[] for _ in r.candidates]
+        feats = _features(r, names, conf, calibration or {}) if names else [[] for _ in r.candidates]
         best, best_score = 0, -math.inf
         for i, row in enumerate(feats):
             if row is None:
                 continue
-            total = sum(use[n] for n in names) or 1.0
             score = sum(use[n] * v for n, v in zip(names, row, strict=True)) / total
             if score > best_score:
                 best, best_score = i, score

@@ -193,9 +193,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     def progress(done: int, total: int) -> None:
         print(f"\r  {done}/{total} dev items answered and scored", end="", file=sys.stderr, flush=True)
 
-    records = asyncio.run(cal.collect(ens.members, ens.panel, items,
-                                      lambda text, ref: key(text) is not None and key(text) == key(ref),
-                                      max_tokens, progress))
+    def right(text: str, ref: str) -> bool:
+        found = key(text)
+        return found is not None and found == key(ref)
+
+    records = asyncio.run(cal.collect(ens.members, ens.panel, items, right, max_tokens, progress))
     print(file=sys.stderr)
     by_id = {r.id: r for r in records}
     fitted = [by_id[i] for i in fit_ids]

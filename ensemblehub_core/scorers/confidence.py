@@ -81,15 +81,20 @@ class ConfidenceScorer(Scorer):
             return None
         return reduce_logprobs(cand.token_logprobs, self.reduction, self.k)
 
+    def calibrated(self, cand: Candidate, calibration: Mapping[str, tuple[float, float]] | None = None
+                   ) -> float | None:
+        """The value mapped by its member's ``(slope, intercept)`` from ``calibration`` (default: this scorer's)."""
+        value = self.raw(cand)
+        if value is None:
+            return None
+        slope, intercept = (self.calibration if calibration is None else calibration).get(cand.member, (1.0, 0.0))
+        return slope * value + intercept
+
     def score(self, request: ScoreRequest) -> list[float | None]:
         out: list[float | None] = []
         for cand in request.candidates:
-            value = self.raw(cand)
-            if value is None:
-                if cand.ok and cand.token_logprobs is None:
-                    request.notes.append(f"{self.name}: no log-probabilities from '{cand.member}', abstained")
-                out.append(None)
-                continue
-            slope, intercept = self.calibration.get(cand.member, (1.0, 0.0))
-            out.append(slope * value + intercept)
+            value = self.calibrated(cand)
+            if value is None and cand.ok and cand.token_logprobs is None:
+                request.notes.append(f"{self.name}: no log-probabilities from '{cand.member}', abstained")
+            out.append(value)
         return out

@@ -59,12 +59,8 @@ class JudgeScorer(Scorer):
         text = self.template.format(
             question=question_of(messages), prefix=prefix.strip() or "(nothing yet)", step=_MARK
         )
-        rendered = self.gen.render_prompt([Message(role="user", content=text)])
-        if self.gen.prompt_format != "chat":
-            rendered += " Answer:"
-        head, _, tail = rendered.partition(_MARK)
-        ids = self.gen.tokenizer.encode(head, add_special_tokens=self.gen.prompt_format != "chat")
-        return list(ids), tail
+        head, _, tail = _judge_prompt(self.gen, text).partition(_MARK)
+        return _judge_ids(self.gen, head), tail
 
     def score(self, request: ScoreRequest) -> list[float | None]:
         import torch
@@ -82,6 +78,17 @@ class JudgeScorer(Scorer):
                 yes, no = float(probs[self.yes_ids].sum()), float(probs[self.no_ids].sum())
                 scores.append(yes / (yes + no) if yes + no > 0 else None)
         return scores
+
+
+def _judge_prompt(gen: HFGenerator, text: str) -> str:
+    """The judge's question as its model sees it, ready for the first word of its reply."""
+    rendered = gen.render_prompt([Message(role="user", content=text)])
+    return rendered if gen.prompt_format == "chat" else rendered + " Answer:"
+
+
+def _judge_ids(gen: HFGenerator, text: str) -> list[int]:
+    """Token ids of rendered judge text (the tokenizer's BOS only for plain-text prompts, as members get)."""
+    return list(gen.tokenizer.encode(text, add_special_tokens=gen.prompt_format != "chat"))
 
 
 def _first_token_ids(gen: HFGenerator, words: tuple[str, ...]) -> list[int]:
@@ -134,10 +141,7 @@ class CompareJudgeScorer(Scorer):
         listed = "\n\n".join(f"{_LETTERS[i]}. {text.strip() or '(empty)'}" for i, text in enumerate(options))
         text = self.template.format(question=question_of(messages), prefix=prefix.strip() or "(nothing yet)",
                                     options=listed)
-        rendered = self.gen.render_prompt([Message(role="user", content=text)])
-        if self.gen.prompt_format != "chat":
-            rendered += " Answer:"
-        return list(self.gen.tokenizer.encode(rendered, add_special_tokens=self.gen.prompt_format != "chat"))
+        return _judge_ids(self.gen, _judge_prompt(self.gen, text))
 
     def score(self, request: ScoreRequest) -> list[float | None]:
         import torch
