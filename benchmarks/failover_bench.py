@@ -5,7 +5,7 @@
 
 Topology (all on 127.0.0.1, as docs/deploy.md describes for real machines): replicas A and B each serve the same
 one-member ensemble; the LiteLLM proxy routes the model name to both (two deployments of one model group,
-``num_retries`` 3, a short cooldown for a failed deployment). Several clients send a bounded number of chat
+``num_retries`` 6, a failed deployment cooled down at once for 5 s). Several clients send a bounded number of chat
 requests to the proxy, one at a time each, with no retries of their own (the OpenAI client with
 ``max_retries=0``), so any request the router does not save counts as lost. When a third of the requests are
 done, replica A is killed with SIGKILL (no drain: the worst case), started again after ``--down-s`` seconds on
@@ -71,10 +71,10 @@ def _proxy_config(path: Path, ports: Sequence[int]) -> None:
         "model_list:\n" + deployments +
         "router_settings:\n"
         "  routing_strategy: simple-shuffle\n"
-        "  num_retries: 3          # a request that fails on one replica is tried on another at once\n"
+        "  num_retries: 6          # retries go out at once, each to a replica drawn afresh\n"
         "  timeout: 60\n"
-        "  allowed_fails: 1        # a replica that fails once ...\n"
-        "  cooldown_time: 2        # ... is left out for 2 s, then tried again\n"
+        "  allowed_fails: 0        # a replica that fails ...\n"
+        "  cooldown_time: 5        # ... is left out for 5 s, then tried again\n"
         "general_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n", encoding="utf-8")
 
 

@@ -38,8 +38,18 @@ def _steer(case: Any) -> None:
         body.pop(name, None)
     if isinstance(body.get("n"), int):
         body["n"] = min(body["n"], 4)
-    if case.path.endswith("/chat/completions") and not body.get("messages") and body.get("prompt") is None:
-        body["messages"] = [{"role": "user", "content": "fuzz"}]
+    if case.path.endswith("/chat/completions"):
+        if not body.get("messages") and body.get("prompt") is None:
+            body["messages"] = [{"role": "user", "content": "fuzz"}]
+    elif not _is_text_prompt(body.get("prompt")):
+        # Generated prompts are mostly token-id arrays (refused: the members' tokenizers differ) or empty.
+        body["prompt"] = "fuzz"
+
+
+def _is_text_prompt(prompt: Any) -> bool:
+    if isinstance(prompt, str):
+        return bool(prompt.strip())
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(p, str) and p.strip() for p in prompt)
 
 
 def _check(case: Any) -> None:
