@@ -50,12 +50,25 @@ class CapabilityError(EnsembleHubError):
 
 
 class GeneratorError(EnsembleHubError):
-    """A member failed while generating."""
+    """A member failed while generating.
 
-    def __init__(self, member: str, message: str) -> None:
+    Args:
+        member: The member's name.
+        message: What went wrong (no secrets: API backends mask keys before they get here).
+        retry_after: Seconds the member asked to be left alone (an HTTP ``Retry-After``); the member policy
+            waits that long before its next try.
+        timed_out: The member gave no answer in time: it may be hanging, so it is neither retried nor asked
+            again in the same request (one timeout per request at most; see `strategies.breaker`).
+    """
+
+    def __init__(
+        self, member: str, message: str, *, retry_after: float | None = None, timed_out: bool = False
+    ) -> None:
         super().__init__(f"member '{member}': {message}")
         self.member = member
         self.reason = message
+        self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 class ScorerError(EnsembleHubError):

@@ -383,9 +383,9 @@ def parse_retry_after(headers: Mapping[str, str] | None, cap_s: float) -> float 
     return min(max(seconds, 0.0), cap_s)
 
 
-def api_error(member: str, message: str, secret: Secret, *, retry_after: float | None = None) -> GeneratorError:
-    """A `GeneratorError` with the key masked out of its message; ``retry_after`` (seconds) rides on it so the
-    member policy waits that long before its next try."""
-    err = GeneratorError(member, redact_userinfo(secret.redact(message)))  # nor a password in a URL
-    err.retry_after = retry_after  # type: ignore[attr-defined]
-    return err
+def api_error(
+    member: str, message: str, secret: Secret, *, retry_after: float | None = None, timed_out: bool = False
+) -> GeneratorError:
+    """A `GeneratorError` with the key (and any password in a URL) masked out of its message."""
+    return GeneratorError(member, redact_userinfo(secret.redact(message)), retry_after=retry_after,
+                          timed_out=timed_out)

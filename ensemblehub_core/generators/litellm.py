@@ -159,7 +159,10 @@ class LiteLLMGenerator(Generator):
                     break
         message = str(getattr(exc, "message", None) or exc)
         what = f"HTTP {status}" if isinstance(status, int) else type(exc).__name__
-        return api_error(self.name, f"{what} from {self.model}: {message}", self._key, retry_after=retry)
+        import litellm
+
+        return api_error(self.name, f"{what} from {self.model}: {message}", self._key, retry_after=retry,
+                         timed_out=isinstance(exc, litellm.Timeout))
 
 
 def build(cfg: MemberConfig, ctx: BuildContext) -> LiteLLMGenerator:

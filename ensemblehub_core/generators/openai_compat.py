@@ -274,7 +274,8 @@ class OpenAICompatGenerator(Generator):
             return api_error(self.name, f"HTTP {exc.status_code} from {where}: {exc.message}", self._key,
                              retry_after=retry)
         if isinstance(exc, openai.APITimeoutError):
-            return api_error(self.name, f"no answer from {where} within {self.timeout_s:g} s", self._key)
+            return api_error(self.name, f"no answer from {where} within {self.timeout_s:g} s", self._key,
+                             timed_out=True)
         if isinstance(exc, openai.APIConnectionError):
             cause = exc.__cause__ or exc
             return api_error(self.name, f"connection to {where} failed: {type(cause).__name__}: {cause}", self._key)

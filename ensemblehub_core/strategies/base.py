@@ -165,7 +165,10 @@ def make_strategy(name: str, params: Mapping[str, Any] | None, where: str = "") 
 async def _call_with_policy(
     name: str, session: GeneratorSession, request: SegmentRequest, policy: MemberPolicy
 ) -> Candidate:
-    """One member call with the policy's timeout and retries; errors become `GeneratorError`."""
+    """One member call with the policy's timeout and retries; errors become `GeneratorError`.
+
+    A timeout is not retried: a member that hangs would otherwise cost a timeout per try.
+    """
     attempt = 0
     while True:
         try:
@@ -173,7 +176,7 @@ async def _call_with_policy(
                 return await session.generate(request)
             return await asyncio.wait_for(session.generate(request), policy.timeout_s)
         except TimeoutError as exc:
-            err: EnsembleHubError = GeneratorError(name, f"timed out after {policy.timeout_s:g} s")
+            err = GeneratorError(name, f"timed out after {policy.timeout_s:g} s", timed_out=True)
             cause: BaseException = exc
         except GeneratorError as exc:
             err, cause = exc, exc
@@ -181,9 +184,9 @@ async def _call_with_policy(
             raise  # bad input or configuration: retrying cannot help
         except Exception as exc:  # any backend failure is this member's failure, not the ensemble's
             err, cause = GeneratorError(name, f"{type(exc).__name__}: {exc}"), exc
-        if attempt >= policy.retries:
+        if attempt >= policy.retries or err.timed_out:
             raise err from cause
-        delay = getattr(cause, "retry_after", None) or policy.backoff_s * (2**attempt)
+        delay = err.retry_after or policy.backoff_s * (2**attempt)
         attempt += 1
         await asyncio.sleep(float(delay))
 
@@ -223,7 +226,8 @@ async def gather_candidates(
         else:
             cands.append(res)
         if breaker is not None:
-            breaker.record(_member_of(name), ok=not isinstance(res, GeneratorError))
+            failed = res if isinstance(res, GeneratorError) else None
+            breaker.record(_member_of(name), ok=failed is None, timed_out=failed is not None and failed.timed_out)
     if not cands:
         raise AllMembersFailed(errors)
     return cands, errors

@@ -2,8 +2,9 @@
 
 Two scopes, both set by the ensemble's policy (`MemberPolicy`):
 
-- In one request: a member whose calls failed ``max_failures`` times is not asked again until the request ends
-  (a member that hangs would otherwise cost the full timeout in every round).
+- In one request: a member whose calls failed ``max_failures`` times, or that timed out once, is not asked again
+  until the request ends (a member that hangs would otherwise cost the full timeout in every round; timeouts
+  are not retried either, so a hung member costs a request one timeout at most).
 - Across requests, in a long-lived process (a server, a LangChain app): after ``max_failures`` failures in a
   row the member's circuit opens for ``cooldown_s`` seconds, and requests that start meanwhile go on without it.
   The first call after the cool-down is a trial: a success closes the circuit, a failure opens it again.
@@ -64,6 +65,7 @@ class CircuitBreaker:
             return max(0.0, state.open_until - self._now()) if state else 0.0
 
     def record(self, member: str, ok: bool) -> None:
+        """One call's outcome: a success closes the member's circuit, a failure counts toward opening it."""
         with self._lock:
             state = self._states.setdefault(member, _State())
             if ok:
@@ -85,11 +87,14 @@ class RequestBreaker:
 
     shared: CircuitBreaker
     failures: dict[str, int] = field(default_factory=dict)
+    timed_out: set[str] = field(default_factory=set)
     _warned: set[str] = field(default_factory=set)
 
     def skip_reason(self, member: str) -> str | None:
         """Why ``member`` is not asked now, or None when it may be called."""
         limit = self.shared.max_failures
+        if limit is not None and member in self.timed_out:
+            return "skipped: timed out earlier in this request (policy.timeout_s)"
         if limit is not None and self.failures.get(member, 0) >= limit:
             return f"skipped: failed {self.failures[member]} times in this request (policy.max_failures)"
         left = self.shared.cooling(member)
@@ -101,12 +106,17 @@ class RequestBreaker:
             return f"skipped: cooling down for {left:.1f}s after repeated failures (policy.cooldown_s)"
         return None
 
-    def record(self, member: str, ok: bool) -> None:
+    def record(self, member: str, ok: bool, *, timed_out: bool = False) -> None:
+        """One call's outcome; ``timed_out`` (the member may hang) takes it out for the rest of the request."""
         self.shared.record(member, ok)
         if ok:
             return
         self.failures[member] = self.failures.get(member, 0) + 1
         limit = self.shared.max_failures
-        if limit is not None and self.failures[member] == limit:
+        if limit is not None and timed_out and member not in self.timed_out:
+            self.timed_out.add(member)
+            log.warning("ensemble '%s': member '%s' timed out; skipping it for the rest of the request "
+                        "(policy.timeout_s)", self.shared.ensemble, member)
+        elif limit is not None and self.failures[member] == limit and member not in self.timed_out:
             log.warning("ensemble '%s': member '%s' failed %d times in this request; skipping it for the rest "
                         "of the request (policy.max_failures)", self.shared.ensemble, member, limit)

@@ -59,6 +59,12 @@ def flaky(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> 
     return "recovered"
 
 
+def broken(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """Fails at once on every call (counted in ``calls["broken"]``)."""
+    calls["broken"] = calls.get("broken", 0) + 1
+    raise RuntimeError("connection refused")
+
+
 TYPED = ["One", " two", " three", " four", " five."]
 
 
