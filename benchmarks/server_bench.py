@@ -10,7 +10,8 @@ SmolLM2-135M-Instruct alone (strategy ``single``, so concurrent requests are bat
 2. Load: N requests from 16 concurrent clients with a deliberately small queue (``max_pending``): every
    response must be an answer (200) or a clear refusal (429/503 in OpenAI's error shape, with Retry-After);
    none lost (no connection error, timeout or other status). Clients honour Retry-After and try a refused
-   request again (up to 100 times), as the OpenAI client does. The server's RSS is read before and after.
+   request again (up to 100 times), as the OpenAI client does. Three runs in a row (``--load-runs``); the
+   server's RSS is read after warm-up and after each run, and should stay flat (at most +5% after the last).
 
 Prints a table and writes benchmarks/results/server.json. Every request goes to 127.0.0.1 only; request loops
 are bounded in count and time.
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-pending", type=int, default=12, help="the server's queue bound in the load run")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (default: torch's own choice)")
     p.add_argument("--dtype", default="bfloat16", help="the member's dtype (the embedded default: bfloat16)")
+    p.add_argument("--load-runs", type=int, default=3, help="consecutive load runs (RSS read after each)")
     p.add_argument("--no-load", action="store_true", help="measure throughput only")
     p.add_argument("--output", default=str(RESULTS / "server.json"))
     args = p.parse_args(argv)
@@ -183,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"  {one['tokens_per_s']} tokens/s; 8 clients")
             eight = asyncio.run(_run(server.url, requests=per_client * 8, clients=8, max_tokens=args.max_tokens))
             _say(f"  {eight['tokens_per_s']} tokens/s; load run")
-            rss_before = server.rss_mb()
-            if args.no_load:
-                load_n = 0
-            load = asyncio.run(_run(server.url, requests=load_n, clients=16, max_tokens=args.load_tokens))
-            rss_after = server.rss_mb()
-            _say(f"  {load['answered']} answered, {load['refused']} refused, {load['lost']} lost; second load run")
-            again = asyncio.run(_run(server.url, requests=load_n, clients=16, max_tokens=args.load_tokens))
-            rss_after_second = server.rss_mb()
+            rss = [server.rss_mb()]
+            runs: list[dict[str, Any]] = []
+            for k in range(0 if args.no_load else args.load_runs):
+                runs.append(asyncio.run(_run(server.url, requests=load_n, clients=16, max_tokens=args.load_tokens)))
+                rss.append(server.rss_mb())
+                r = runs[-1]
+                _say(f"  load run {k + 1}: {r['answered']} answered, {r['refused']} refused, {r['lost']} lost; "
+                     f"RSS {rss[-1]:.0f} MB")
         finally:
             server.stop()
     speedup = eight["tokens_per_s"] / one["tokens_per_s"] if one["tokens_per_s"] else 0.0
@@ -202,25 +204,27 @@ def main(argv: list[str] | None = None) -> int:
     table(f"Load: {load_n} requests from 16 clients, queue bound {args.max_pending} (429s retried after Retry-After)",
           ["run", "answered", "refused at last", "lost", "429/503 responses", "tokens/s", "max latency s",
            "server RSS MB"],
-          [[name, r["answered"], r["refused"], r["lost"], r["refusals_429_503"], r["tokens_per_s"],
-            r["max_latency_s"], f"{a:.0f} -> {b:.0f}"]
-           for name, r, a, b in (("first", load, rss_before, rss_after), ("second", again, rss_after,
-                                                                          rss_after_second))])
+          [[k + 1, r["answered"], r["refused"], r["lost"], r["refusals_429_503"], r["tokens_per_s"],
+            r["max_latency_s"], f"{rss[k]:.0f} -> {rss[k + 1]:.0f}"] for k, r in enumerate(runs)])
+    lost = sum(r["lost"] for r in runs)
+    growth = rss[-1] / rss[0] - 1
+    if runs:
+        goal = lost == 0 and growth <= 0.05 and len(runs) >= 3 and load_n >= 200
+        print(f"RSS after {len(runs)} load runs / after warm-up: {rss[-1] / rss[0]:.3f}x; lost {lost}")
+        print("goal (0 lost, RSS <= +5% after 3 runs of >= 200 requests / 16 clients): "
+              + ("met" if goal else "NOT met"))
     out = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "server_threads": args.threads,
                     "load_avg_start": load_avg_start, "load_avg_end": os.getloadavg()},
         "model": f"embedded:smollm2-135m-instruct, {args.dtype} (strategy single, batched)",
         "server_start_s": round(load_s, 1),
         "throughput": {"one_client": one, "eight_clients": eight, "speedup": round(speedup, 2)},
-        "load": {"first": load, "second": again, "rss_mb": {"before": round(rss_before, 1),
-                                                           "after_first": round(rss_after, 1),
-                                                           "after_second": round(rss_after_second, 1)}},
+        "load": {"runs": runs, "rss_mb": [round(x, 1) for x in rss], "rss_growth": round(growth, 4)},
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(out, indent=2), encoding="utf-8")
     print(f"\nwrote {output}")
-    lost = load["lost"] + again["lost"]
     return 1 if lost else 0
 
 

@@ -22,6 +22,7 @@ from ensemblehub_core.exceptions import (
     InputError,
     ModelLoadError,
     ScorerError,
+    UnknownEnsembleError,
 )
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.types import Candidate, EnsembleResult, GenerationParams, Message, RoundTrace, Usage
@@ -43,12 +44,10 @@ __all__ = [
     "ModelLoadError",
     "RoundTrace",
     "ScorerError",
+    "UnknownEnsembleError",
     "Usage",
     "run_ensemble",
 ]
-
-_HUBS: dict[str, Hub] = {}
-
 
 def run_ensemble(
     prompt: PromptLike, *, ensemble: str | None = None, config: str | Path | None = None, **params: Any
@@ -63,7 +62,4 @@ def run_ensemble(
         config: YAML path (default: the packaged config with the embedded models).
         **params: Generation overrides: max_tokens, temperature, top_p, stop, seed.
     """
-    key = str(config) if config is not None else "<default>"
-    if key not in _HUBS:
-        _HUBS[key] = Hub(config)
-    return _HUBS[key].ensemble(ensemble).generate(prompt, **params)
+    return Hub.shared(config).ensemble(ensemble).generate(prompt, **params)

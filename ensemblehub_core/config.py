@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ensemblehub_core.exceptions import ConfigError
+from ensemblehub_core.exceptions import ConfigError, UnknownEnsembleError
 from ensemblehub_core.registry import BACKENDS, SCORERS, STRATEGIES
 
 __all__ = [
@@ -274,7 +274,8 @@ class HubConfig(_Strict):
         """The named ensemble (or the default one)."""
         name = name or self.default_name
         if name not in self.ensembles:
-            raise ConfigError(f"ensemble '{name}' is not configured; configured: {', '.join(self.ensembles)}")
+            raise UnknownEnsembleError(
+                f"ensemble '{name}' is not configured; configured: {', '.join(self.ensembles)}")
         return self.ensembles[name]
 
 

@@ -2,7 +2,8 @@
 
 ```
 EnsembleHubError
- ├── ConfigError          bad YAML, unknown ensemble / member / strategy / scorer name, invalid parameter
+ ├── ConfigError          bad YAML, unknown member / strategy / scorer name, invalid parameter
+ │    └── UnknownEnsembleError   a request names an ensemble the config does not have
  ├── ModelLoadError       weights or a model package missing, conversion failed, missing extra
  ├── InputError           a bad request: empty prompt, prompt longer than a member's context, bad dataset line
  ├── CapabilityError      a strategy asked a member for something its backend cannot do
@@ -26,6 +27,7 @@ __all__ = [
     "InputError",
     "ModelLoadError",
     "ScorerError",
+    "UnknownEnsembleError",
 ]
 
 
@@ -37,12 +39,27 @@ class ConfigError(EnsembleHubError):
     """The configuration is invalid; the message names the key and what is allowed."""
 
 
+class UnknownEnsembleError(ConfigError):
+    """An ensemble name the config does not have; the message lists the configured ones."""
+
+
 class ModelLoadError(EnsembleHubError):
     """A model could not be located, converted or loaded; the message says how to fix it."""
 
 
 class InputError(EnsembleHubError):
-    """The request or a dataset line is invalid; the message names the field."""
+    """The request or a dataset line is invalid; the message names the field.
+
+    Args:
+        message: What is wrong and what to send instead.
+        param: The request field at fault, where one is (faces report it, as OpenAI's ``param``).
+        code: A short machine-readable code for faces that send one (default: theirs).
+    """
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class CapabilityError(EnsembleHubError):

@@ -71,6 +71,10 @@ def build_ensemble(
     )
 
 
+_shared: dict[str, Hub] = {}
+_shared_lock = threading.Lock()
+
+
 class Hub:
     """The configured ensembles, built lazily and cached.
 
@@ -85,6 +89,18 @@ class Hub:
         self._built: dict[str, Ensemble] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+
+    @classmethod
+    def shared(cls, config: HubConfig | str | Path | None = None) -> Hub:
+        """The process-wide hub of a config file (None: the packaged default config), so every face and call
+        over one config shares its built ensembles; a `HubConfig` object gets a hub of its own."""
+        if isinstance(config, HubConfig):
+            return cls(config)
+        key = str(Path(config).resolve()) if config is not None else ""
+        with _shared_lock:
+            if key not in _shared:
+                _shared[key] = cls(config)
+            return _shared[key]
 
     @property
     def pool(self) -> ModelPool:

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -51,7 +48,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ensemblehub_core._sync import iterate_sync, run_sync
-from ensemblehub_core.engine import Ensemble, EnsembleChunk
+from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.exceptions import AllMembersFailed, ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.hub import Hub
@@ -59,11 +56,20 @@ from ensemblehub_core.scorers.base import Scorer, ScoringPanel
 from ensemblehub_core.strategies.base import Strategy
 from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import EnsembleResult, Message
+from ensemblehub_integrations.common import (
+    UNSUPPORTED_PARAMS,
+    bounded,
+    bounded_stream,
+    default_config,
+    finish_reason,
+    hub_for,
+    trace_dict,
+    unsupported,
+)
 
 __all__ = ["ChatEnsemble", "hub_for", "to_core_messages"]
 
 PROVIDER = "ensemblehub"
-CONFIG_ENV = "ENSEMBLEHUB_CONFIG"
 #: Call keyword arguments that LangChain or `bind_tools` may pass and that map onto the engine.
 _ENGINE_KWARGS = ("temperature", "max_tokens", "top_p", "seed", "tools", "tool_choice")
 #: Call keyword arguments handled here rather than by the engine.
@@ -74,20 +80,6 @@ _ALIASES = {"model_name": "model", "max_completion_tokens": "max_tokens"}
 #: Content blocks that are not text for the model: calls travel in `AIMessage.tool_calls`, and a provider's
 #: reasoning is not part of the conversation.
 _SKIPPED_BLOCKS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call", "reasoning", "thinking"})
-
-_hubs: dict[str, Hub] = {}
-_hubs_lock = threading.Lock()
-
-
-def hub_for(config: str | Path | None) -> Hub:
-    """The process-wide `Hub` of a config file (None: the packaged default), so every `ChatEnsemble` over
-    one config shares its built ensembles."""
-    key = str(Path(config).resolve()) if config is not None else ""
-    with _hubs_lock:
-        if key not in _hubs:
-            _hubs[key] = Hub(config)
-        return _hubs[key]
-
 
 # -- messages ------------------------------------------------------------------------------------------------
 def _text_of(content: str | list[Any], where: str) -> str:
@@ -156,7 +148,7 @@ class ChatEnsemble(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     model: str | None = None
-    config: str | None = Field(default_factory=lambda: os.environ.get(CONFIG_ENV) or None)
+    config: str | None = Field(default_factory=default_config)
     ensemble: Ensemble | None = Field(default=None, exclude=True)
     temperature: float | None = None
     max_tokens: int | None = None
@@ -188,6 +180,9 @@ class ChatEnsemble(BaseChatModel):
             raise ValueError("ChatEnsemble takes no model_kwargs: pass temperature, max_tokens, top_p, seed and "
                              "stop as arguments; members' own settings go in the ensemble's config")
         values.pop("model_kwargs", None)
+        for name in values:
+            if name in UNSUPPORTED_PARAMS:
+                raise ValueError(str(unsupported(name)))
         allowed = set(cls.model_fields)
         unknown = sorted(set(values) - allowed)
         if unknown:
@@ -380,9 +375,7 @@ class ChatEnsemble(BaseChatModel):
     ) -> EnsembleResult:
         for attempt in range(retries + 1):
             try:
-                return await asyncio.wait_for(ens.agenerate(msgs, **params), timeout)
-            except TimeoutError:
-                raise TimeoutError(f"ensemble '{ens.name}' did not answer within {timeout:g} s") from None
+                return await bounded(ens.agenerate(msgs, **params), timeout, ens.name)
             except _RETRYABLE:
                 if attempt == retries:
                     raise
@@ -395,20 +388,16 @@ class ChatEnsemble(BaseChatModel):
         """The engine's stream as LangChain chunks: one per piece of text (a segment, or tokens for a one-member
         ensemble); the last piece is held until the answer is done and carries tool calls, usage and metadata,
         so that no empty chunk (an empty token for callbacks) ends the stream."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         attempt = 0
         while True:
-            stream = ens.astream(msgs, **params)
+            # One deadline for the whole call, retries included.
+            left = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
+            stream = bounded_stream(ens.astream(msgs, **params), left, ens.name)
             sent = False
             held = ""
             try:
-                while True:
-                    left = None if deadline is None else max(0.0, deadline - loop.time())
-                    try:
-                        chunk: EnsembleChunk = await asyncio.wait_for(anext(stream), left)
-                    except StopAsyncIteration:
-                        return
+                async for chunk in stream:
                     if chunk.result is not None:
                         yield _last_chunk(chunk.result, held)
                     elif chunk.text:
@@ -416,6 +405,7 @@ class ChatEnsemble(BaseChatModel):
                             sent = True
                             yield ChatGenerationChunk(message=AIMessageChunk(content=held))
                         held = chunk.text
+                return
             except TimeoutError:
                 raise TimeoutError(f"ensemble '{ens.name}' did not finish within {timeout:g} s") from None
             except _RETRYABLE:
@@ -428,6 +418,9 @@ class ChatEnsemble(BaseChatModel):
 
 
 def _check_call_kwargs(kwargs: Mapping[str, Any]) -> None:
+    for name in kwargs:
+        if name in UNSUPPORTED_PARAMS:
+            raise unsupported(name)
     unknown = set(kwargs) - set(_ENGINE_KWARGS) - set(_FACE_KWARGS)
     if unknown:
         raise InputError(
@@ -449,13 +442,8 @@ def _metadata(result: EnsembleResult) -> dict[str, Any]:
     return {
         "model_name": result.ensemble,
         "model_provider": PROVIDER,
-        "finish_reason": "tool_calls" if result.tool_calls else result.finish_reason,
-        "ensemble": {
-            "strategy": result.strategy,
-            "rounds": [r.summary() for r in result.trace],
-            "member_tokens": dict(result.usage.member_tokens),
-            "elapsed_s": round(result.elapsed_s, 3),
-        },
+        "finish_reason": finish_reason(result),
+        "ensemble": trace_dict(result),
     }
 
 

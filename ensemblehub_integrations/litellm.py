@@ -31,14 +31,13 @@ import os
 # Must precede the first import of litellm: otherwise it fetches its cost map from the network at import.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import asyncio
 import json
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import litellm
@@ -49,21 +48,25 @@ from litellm.utils import ModelResponse, Usage
 from ensemblehub_core._sync import iterate_sync, run_sync
 from ensemblehub_core.config import EnsembleConfig, HubConfig, MemberConfig
 from ensemblehub_core.engine import Ensemble, to_messages
-from ensemblehub_core.exceptions import (
-    AllMembersFailed,
-    ConfigError,
-    EnsembleHubError,
-    GeneratorError,
-    InputError,
-    ModelLoadError,
-)
+from ensemblehub_core.exceptions import EnsembleHubError, InputError
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.types import EnsembleResult
+from ensemblehub_integrations.common import (
+    UNSUPPORTED_PARAMS,
+    TraceLevel,
+    bounded,
+    bounded_stream,
+    default_config,
+    error_status,
+    finish_reason,
+    trace_dict,
+    trace_level,
+    unsupported,
+)
 
 __all__ = ["PROVIDER", "SUPPORTED_PARAMS", "EnsembleLLM", "member_prices", "model_info", "register"]
 
 PROVIDER = "ensemble"
-CONFIG_ENV = "ENSEMBLEHUB_CONFIG"
 #: OpenAI parameters the engine takes, and the engine's name for each.
 _PARAMS = {
     "max_tokens": "max_tokens",
@@ -88,16 +91,8 @@ _TRANSPORT = {
 
 
 def _error(exc: EnsembleHubError) -> CustomLLMError:
-    """The one mapping of engine errors onto HTTP statuses (LiteLLM and its proxy report them)."""
-    if isinstance(exc, ConfigError | InputError):
-        status = 400
-    elif isinstance(exc, AllMembersFailed | GeneratorError):
-        status = 502
-    elif isinstance(exc, ModelLoadError):
-        status = 503
-    else:
-        status = 500
-    return CustomLLMError(status_code=status, message=str(exc))
+    """An engine error as LiteLLM's error, with the status every face gives it (`common.error_status`)."""
+    return CustomLLMError(status_code=error_status(exc).status, message=str(exc))
 
 
 class EnsembleLLM(CustomLLM):
@@ -110,7 +105,7 @@ class EnsembleLLM(CustomLLM):
 
     def __init__(self, config: HubConfig | str | Path | None = None, *, provider: str = PROVIDER) -> None:
         super().__init__()
-        self.config = config if config is not None else os.environ.get(CONFIG_ENV) or None
+        self.config = config if config is not None else default_config()
         self.provider = provider
         self._hub: Hub | None = None
         self._lock = threading.Lock()
@@ -120,10 +115,11 @@ class EnsembleLLM(CustomLLM):
 
     @property
     def hub(self) -> Hub:
-        """The hub of the config, read on first use (importing a proxy config must not load anything)."""
+        """The hub of the config, read on first use (importing a proxy config must not load anything); a config
+        file's hub is the process-wide one (`Hub.shared`), which other faces over the same file share."""
         with self._lock:
             if self._hub is None:
-                self._hub = Hub(self.config)
+                self._hub = Hub.shared(self.config)
             return self._hub
 
     def names(self) -> list[str]:
@@ -226,7 +222,7 @@ class _Call:
     msgs: list[Any]
     params: dict[str, Any]
     timeout: float | None
-    trace: str | None
+    trace: TraceLevel | None
 
 
 def member_prices(member: MemberConfig) -> tuple[float, float, int | None]:
@@ -288,51 +284,41 @@ def _answer_supported_params() -> None:
     litellm.get_supported_openai_params = supported
 
 
-def _trace_level(optional: Mapping[str, Any]) -> str | None:
-    """The trace asked for: ``ensemble_trace`` as a parameter or in ``extra_body`` (true/'summary' or 'full')."""
+def _trace_level(optional: Mapping[str, Any]) -> TraceLevel | None:
+    """The trace asked for: ``ensemble_trace`` as a parameter or in ``extra_body``."""
     extra = optional.get("extra_body") or {}
-    value = optional.get("ensemble_trace", extra.get("ensemble_trace") if isinstance(extra, Mapping) else None)
-    if value in (None, False):
-        return None
-    if value is True or value == "summary":
-        return "summary"
-    if value == "full":
-        return "full"
-    raise InputError(f"ensemble_trace must be true, 'summary' or 'full', got {value!r}")
+    return trace_level(optional.get("ensemble_trace", extra.get("ensemble_trace") if isinstance(extra, Mapping)
+                                    else None))
 
 
 def _engine_params(optional: Mapping[str, Any]) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    unsupported = []
+    refused = []
     for key, value in optional.items():
         if key == "ensemble_trace":
             continue
         if key in _PARAMS:
             if value is not None:
                 params[_PARAMS[key]] = value
+        elif key in UNSUPPORTED_PARAMS:
+            raise unsupported(key)
         elif key in _TRANSPORT:
             if key == "n" and value not in (None, 1):
-                unsupported.append("n > 1")
+                refused.append("n > 1")
         else:
-            unsupported.append(key)
-    if unsupported:
+            refused.append(key)
+    if refused:
         raise InputError(
-            f"ensembles do not support {', '.join(sorted(unsupported))}; supported: {', '.join(sorted(_PARAMS))}"
+            f"ensembles do not support {', '.join(sorted(refused))}; supported: {', '.join(sorted(_PARAMS))}"
         )
     return params
 
 
 async def _bounded(coro: Any, timeout: float | None, name: str) -> EnsembleResult:
     try:
-        result: EnsembleResult = await asyncio.wait_for(coro, timeout)
-        return result
-    except TimeoutError:
-        message = f"ensemble '{name}' did not answer within {timeout:g} s"
-        raise CustomLLMError(status_code=504, message=message) from None
-
-
-def _finish_reason(result: EnsembleResult) -> Literal["stop", "length", "tool_calls"]:
-    return "tool_calls" if result.tool_calls else result.finish_reason
+        return await bounded(coro, timeout, name)
+    except TimeoutError as exc:
+        raise CustomLLMError(status_code=504, message=str(exc)) from None
 
 
 def _usage(result: EnsembleResult) -> dict[str, Any]:
@@ -340,16 +326,8 @@ def _usage(result: EnsembleResult) -> dict[str, Any]:
     return result.usage.to_dict()
 
 
-def _trace(result: EnsembleResult, level: str) -> dict[str, Any]:
-    return {
-        "ensemble": result.ensemble, "strategy": result.strategy, "elapsed_s": round(result.elapsed_s, 3),
-        "member_tokens": dict(result.usage.member_tokens),
-        "rounds": [r.to_dict() if level == "full" else r.summary() for r in result.trace],
-    }
-
-
 def _response(
-    model_response: ModelResponse | None, model: str, result: EnsembleResult, trace: str | None = None
+    model_response: ModelResponse | None, model: str, result: EnsembleResult, trace: TraceLevel | None = None
 ) -> ModelResponse:
     """The result as LiteLLM's response object (the model name as the caller gave it)."""
     response = model_response if model_response is not None else ModelResponse()
@@ -362,7 +340,7 @@ def _response(
             )
             for c in result.tool_calls
         ]
-    choice.finish_reason = _finish_reason(result)
+    choice.finish_reason = finish_reason(result)
     response.model = model
     response.created = int(time.time())
     u = result.usage
@@ -371,35 +349,18 @@ def _response(
         member_tokens=dict(u.member_tokens),
     )
     if trace is not None:
-        response.ensemble_trace = [_trace(result, trace)]  # type: ignore[attr-defined]  # an extension field
+        response.ensemble_trace = [trace_dict(result, trace)]  # type: ignore[attr-defined]  # an extension field
     # The ensemble's trace summary travels with the response, as LiteLLM does for provider extras.
-    response._hidden_params["ensemble"] = {
-        "name": result.ensemble,
-        "strategy": result.strategy,
-        "rounds": [r.summary() for r in result.trace],
-        "member_tokens": dict(result.usage.member_tokens),
-    }
+    response._hidden_params["ensemble"] = trace_dict(result)
     return response
 
 
 async def _chunks(call: _Call) -> AsyncIterator[GenericStreamingChunk]:
     """The engine's stream as LiteLLM's generic chunks: text per accepted segment, one chunk per tool call,
     then a last chunk with the finish reason and usage (and the trace, when asked for)."""
-    ens, msgs, params, timeout = call.ens, call.msgs, call.params, call.timeout
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    stream = ens.astream(msgs, **params)
+    stream = bounded_stream(call.ens.astream(call.msgs, **call.params), call.timeout, call.ens.name)
     try:
-        while True:
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                chunk = await asyncio.wait_for(anext(stream), left)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise CustomLLMError(
-                    status_code=504, message=f"ensemble '{ens.name}' did not finish within {timeout:g} s"
-                ) from None
+        async for chunk in stream:
             if chunk.result is None:
                 if chunk.text:
                     yield _generic(text=chunk.text)
@@ -411,9 +372,11 @@ async def _chunks(call: _Call) -> AsyncIterator[GenericStreamingChunk]:
                     "function": {"name": tc.name, "arguments": json.dumps(tc.arguments)},
                     "index": i,
                 })
-            extra = {"ensemble_trace": [_trace(chunk.result, call.trace)]} if call.trace else None
-            yield _generic(is_finished=True, finish_reason=_finish_reason(chunk.result), usage=_usage(chunk.result),
+            extra = {"ensemble_trace": [trace_dict(chunk.result, call.trace)]} if call.trace else None
+            yield _generic(is_finished=True, finish_reason=finish_reason(chunk.result), usage=_usage(chunk.result),
                            provider_specific_fields=extra)
+    except TimeoutError as exc:
+        raise CustomLLMError(status_code=504, message=str(exc)) from None
     finally:
         await stream.aclose()  # type: ignore[attr-defined]
 

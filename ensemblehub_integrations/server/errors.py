@@ -12,16 +12,8 @@ import logging
 from typing import Any
 
 from ensemblehub_core._text import redact_userinfo
-from ensemblehub_core.exceptions import (
-    AllMembersFailed,
-    CapabilityError,
-    ConfigError,
-    EnsembleHubError,
-    GeneratorError,
-    InputError,
-    ModelLoadError,
-    ScorerError,
-)
+from ensemblehub_core.exceptions import EnsembleHubError, InputError, UnknownEnsembleError
+from ensemblehub_integrations.common import error_status
 
 __all__ = ["APIError", "error_body", "from_engine", "install_handlers", "load_failed", "unexpected"]
 
@@ -76,19 +68,20 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 
 
 def from_engine(exc: EnsembleHubError, *, prompt_field: str = "messages") -> APIError:
-    """Map an engine error to the response a client should get."""
+    """Map an engine error to the response a client should get: the status and code of `common.error_status`
+    (shared with the LiteLLM provider), the field at fault, and no internals in the message."""
     msg = str(exc)
+    status = error_status(exc)
     if isinstance(exc, InputError):
-        if "context" in msg:
-            return APIError(400, msg, param=prompt_field, code="context_length_exceeded")
-        return APIError(400, msg, param=prompt_field, code="invalid_value")  # the input is the prompt
-    if isinstance(exc, CapabilityError):
-        return APIError(400, msg, code="unsupported")
-    if isinstance(exc, ConfigError | ModelLoadError):
+        code = "context_length_exceeded" if exc.code is None and "context" in msg else status.code
+        return APIError(status.status, msg, param=exc.param or prompt_field, code=code)  # default: the prompt
+    if isinstance(exc, UnknownEnsembleError):
+        return APIError(status.status, msg, param="model", code=status.code)
+    if status.code == "model_load_failed":
         return load_failed(msg)
-    if isinstance(exc, AllMembersFailed | GeneratorError | ScorerError):
-        return APIError(500, f"generation failed: {msg}", code="generation_failed")
-    return APIError(500, msg, code="ensemble_error")
+    if status.code == "generation_failed":
+        return APIError(status.status, f"generation failed: {msg}", code=status.code)
+    return APIError(status.status, msg, code=status.code)
 
 
 def load_failed(detail: str, name: str | None = None) -> APIError:

@@ -19,7 +19,8 @@ from ensemblehub_core.engine import to_messages
 from ensemblehub_core.exceptions import InputError
 from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Message
-from ensemblehub_integrations.server.errors import APIError
+from ensemblehub_integrations.common import TraceLevel, trace_level, unsupported
+from ensemblehub_integrations.server.errors import APIError, from_engine
 
 __all__ = [
     "ChatCompletionRequest",
@@ -37,7 +38,6 @@ __all__ = [
 
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
-TraceLevel = Literal["summary", "full"]
 
 
 # -- requests -----------------------------------------------------------------------------------------------
@@ -242,9 +242,9 @@ class Job:
         return len(self.prompt_ids or self.prompts) * self.n
 
 
-def _unsupported(param: str, what: str) -> APIError:
-    return APIError(400, f"'{param}' is not supported by ensembles: {what}", param=param,
-                    code="unsupported_parameter")
+def _unsupported(param: str) -> APIError:
+    """The 400 every face gives for a parameter no ensemble can honour (`common.UNSUPPORTED_PARAMS`)."""
+    return from_engine(unsupported(param))
 
 
 def _check_text(req: _GenerationRequest) -> None:
@@ -260,11 +260,11 @@ def _common(req: _GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
     """Check the shared fields; return the engine's generation overrides."""
     _check_text(req)
     if req.presence_penalty:
-        raise _unsupported("presence_penalty", "send 0 or leave it out")
+        raise _unsupported("presence_penalty")
     if req.frequency_penalty:
-        raise _unsupported("frequency_penalty", "send 0 or leave it out")
+        raise _unsupported("frequency_penalty")
     if req.logit_bias:
-        raise _unsupported("logit_bias", "members have different vocabularies, so token ids mean nothing")
+        raise _unsupported("logit_bias")
     stop = [req.stop] if isinstance(req.stop, str) else req.stop
     if stop is not None:
         if len(stop) > 16:
@@ -281,12 +281,6 @@ def _common(req: _GenerationRequest, max_tokens: int | None) -> dict[str, Any]:
         "seed": None if req.seed is None else req.seed % 2**62,
     }
     return {k: v for k, v in params.items() if v is not None}
-
-
-def _trace(value: bool | str) -> TraceLevel | None:
-    if value is True or value == "summary":
-        return "summary"
-    return "full" if value == "full" else None
 
 
 def _content(i: int, msg: ChatMessage) -> str:
@@ -311,11 +305,11 @@ def _content(i: int, msg: ChatMessage) -> str:
 def chat_job(req: ChatCompletionRequest) -> Job:
     """Validate a chat request beyond its schema and turn it into a `Job`."""
     if req.functions:
-        raise _unsupported("functions", "the legacy functions API is not served; send the same as 'tools'")
+        raise _unsupported("functions")
     if req.function_call not in (None, "none", "auto"):
-        raise _unsupported("function_call", "the legacy functions API is not served; use 'tool_choice'")
+        raise _unsupported("function_call")
     if req.response_format and req.response_format.get("type", "text") != "text":
-        raise _unsupported("response_format", "only plain text answers are available")
+        raise _unsupported("response_format")
     # A bare 'prompt' may come with no 'messages' or an empty list (the openai client always sends the field).
     if req.messages and req.prompt is not None:
         raise APIError(400, "send either 'messages' or 'prompt', not both", param="messages")
@@ -345,7 +339,7 @@ def chat_job(req: ChatCompletionRequest) -> Job:
         kind="chat", model=req.model, prompts=prompts, n=req.n,
         params=params,
         stream=req.stream, include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        trace=_trace(req.ensemble_trace),
+        trace=trace_level(req.ensemble_trace),
         logprobs_requested=bool(req.logprobs) or req.top_logprobs is not None, top_logprobs=req.top_logprobs or 0,
         prompt_field=field_name,
     )
@@ -392,9 +386,9 @@ def _chat_messages(messages: list[ChatMessage]) -> list[Message]:
 def completion_job(req: CompletionRequest) -> Job:
     """Validate a completions request beyond its schema and turn it into a `Job`."""
     if req.suffix:
-        raise _unsupported("suffix", "insertion (fill-in-the-middle) is not available")
+        raise _unsupported("suffix")
     if req.best_of is not None and req.best_of != req.n:
-        raise _unsupported("best_of", "configure a best-of-n strategy in the ensemble instead")
+        raise _unsupported("best_of")
     prompt = req.prompt
     ids: list[list[int]] = []
     if isinstance(prompt, str):
@@ -416,6 +410,6 @@ def completion_job(req: CompletionRequest) -> Job:
         kind="completion", model=req.model, prompts=[[Message(role="user", content=t)] for t in texts],
         prompt_ids=ids, texts=texts, n=req.n, params=_common(req, req.max_tokens), stream=req.stream,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
-        trace=_trace(req.ensemble_trace), echo=req.echo, logprobs_requested=req.logprobs is not None,
+        trace=trace_level(req.ensemble_trace), echo=req.echo, logprobs_requested=req.logprobs is not None,
         top_logprobs=req.logprobs or 0, prompt_field="prompt",
     )

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ensemblehub_core.types import EnsembleResult, RoundTrace, TokenLogprob
+from ensemblehub_integrations.common import finish_reason, trace_dict
 from ensemblehub_integrations.server.protocol import Job
 
 __all__ = ["Renderer", "sse"]
@@ -56,7 +57,7 @@ class Renderer:
             if result.tool_calls:
                 message["tool_calls"] = [c.to_dict() for c in result.tool_calls]
                 message["content"] = result.text or None
-            return {"index": index, "message": message, "finish_reason": _finish(result), "logprobs": None}
+            return {"index": index, "message": message, "finish_reason": finish_reason(result), "logprobs": None}
         text = self.job.texts[index // self.job.n] + result.text if self.job.echo else result.text
         return {"index": index, "text": text, "finish_reason": result.finish_reason, "logprobs": None}
 
@@ -89,11 +90,8 @@ class Renderer:
                 "member_tokens": members}
 
     def trace(self, index: int, result: EnsembleResult) -> dict[str, Any]:
-        full = self.job.trace == "full"
         return {
-            "index": index, "ensemble": result.ensemble, "strategy": result.strategy,
-            "elapsed_s": round(result.elapsed_s, 3), "member_tokens": dict(result.usage.member_tokens),
-            "rounds": [r.to_dict() if full else r.summary() for r in result.trace],
+            "index": index, **trace_dict(result, self.job.trace or "summary"),
             **{k: result.extra[k] for k in _DECISIONS if k in result.extra},
         }
 
@@ -148,14 +146,9 @@ class Renderer:
             delta["delta"]["tool_calls"] = calls
             chunks.append(self._chunk([delta]))
         empty = None if self.job.kind == "chat" else ""
-        chunks.append(self._chunk([self._delta(index, empty, _finish(result))], **extra))
+        chunks.append(self._chunk([self._delta(index, empty, finish_reason(result))], **extra))
         return chunks
 
     def usage_chunk(self, results: Sequence[EnsembleResult]) -> dict[str, Any]:
         """The chunk after the last choice when ``stream_options.include_usage`` is set: no choices, usage."""
         return self._chunk([], usage=self.usage(results))
-
-
-def _finish(result: EnsembleResult) -> str:
-    """OpenAI's finish reason: ``tool_calls`` when the answer calls tools."""
-    return "tool_calls" if result.tool_calls else result.finish_reason

@@ -7,13 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ensemblehub_core.config import HubConfig
+from ensemblehub_integrations.common import CONFIG_ENV
 
 __all__ = ["API_KEY_ENV", "CONFIG_ENV", "ServerSettings"]
 
 #: Bearer keys accepted by the server (comma-separated), added to those of the config file.
 API_KEY_ENV = "ENSEMBLEHUB_API_KEY"
-#: The config file `app_from_env` serves (for ``uvicorn --factory``).
-CONFIG_ENV = "ENSEMBLEHUB_CONFIG"
 
 
 @dataclass(kw_only=True)

@@ -170,10 +170,11 @@ def test_cli_ask_prints_trace(config_file: Path, capsys):
 
 
 def test_run_ensemble_reuses_the_hub(config_file: Path):
-    from ensemblehub_core import _HUBS, run_ensemble
+    from ensemblehub_core import Hub, run_ensemble
 
     r = run_ensemble("hello", ensemble="echo", config=config_file)
     assert r.text == "You said: hello"
-    hub = _HUBS[str(config_file)]
+    hub = Hub.shared(config_file)
+    built = hub.ensemble("echo")
     run_ensemble("again", ensemble="echo", config=config_file)
-    assert _HUBS[str(config_file)] is hub
+    assert Hub.shared(str(config_file)) is hub and hub.ensemble("echo") is built

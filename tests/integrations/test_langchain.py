@@ -121,6 +121,8 @@ def test_standard_parameters_reach_the_engine() -> None:
 
 def test_unknown_call_parameter_is_refused() -> None:
     with pytest.raises(InputError, match="unsupported call parameter"):
+        ChatEnsemble(config=FAKE, model="echo").invoke("hi", frequency_penality=1.0)
+    with pytest.raises(InputError, match="'frequency_penalty' is not supported by ensembles: send 0"):
         ChatEnsemble(config=FAKE, model="echo").invoke("hi", frequency_penalty=1.0)
 
 

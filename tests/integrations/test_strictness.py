@@ -65,8 +65,10 @@ def test_bind_tools_strict_is_refused_at_bind_time() -> None:
     llm = ChatEnsemble(config=FAKE)
     with pytest.raises(InputError, match=r"strict=True\) is not available"):
         llm.bind_tools([get_weather], strict=True)
-    with pytest.raises(InputError, match="unsupported call parameter"):
+    with pytest.raises(InputError, match="'frequency_penalty' is not supported by ensembles"):
         llm.bind_tools([get_weather], frequency_penalty=1)
+    with pytest.raises(InputError, match="unsupported call parameter"):
+        llm.bind_tools([get_weather], frequency_penality=1)
     assert llm.bind_tools([get_weather], strict=False).invoke("Weather in Paris?").tool_calls
 
 
