@@ -25,15 +25,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = {
     "ensembles": {
         "echo": {
-            "members": [{"name": "e", "backend": "function", "options": {"fn": "tests.core.fakes:echo"}}],
+            "members": [{"name": "e", "backend": "function", "options": {"fn": "tests.fakes:echo"}}],
             "strategy": "single",
         },
         "slow": {
-            "members": [{"name": "s", "backend": "function", "options": {"fn": "tests.core.fakes:slow_echo"}}],
+            "members": [{"name": "s", "backend": "function", "options": {"fn": "tests.fakes:slow_echo"}}],
             "strategy": "single",
         },
         "broken": {
-            "members": [{"name": "b", "backend": "function", "options": {"fn": "tests.core.fakes:broken"}}],
+            "members": [{"name": "b", "backend": "function", "options": {"fn": "tests.fakes:broken"}}],
             "strategy": "single",
         },
     },

@@ -21,9 +21,9 @@ CONFIG = {
         "pair": {
             "members": [
                 {"name": "unsure", "backend": "function",
-                 "options": {"fn": "tests.core.fakes:adds_right", "token_logprob": -2.0}},
+                 "options": {"fn": "tests.fakes:adds_right", "token_logprob": -2.0}},
                 {"name": "sure", "backend": "function",
-                 "options": {"fn": "tests.core.fakes:adds_wrong", "token_logprob": -0.1}},
+                 "options": {"fn": "tests.fakes:adds_wrong", "token_logprob": -0.1}},
             ],
             "scorer": [{"type": "confidence"}],
             "strategy": "best_of_n",

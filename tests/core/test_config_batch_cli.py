@@ -14,21 +14,21 @@ from ensemblehub_core.cli import main
 from ensemblehub_core.config import load_config, parse_config
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.hub import Hub
-from tests.core.fakes import STEPS
+from tests.fakes import STEPS
 
 CONFIG = {
     "defaults": {"max_tokens": 200},
     "ensembles": {
         "pair": {
             "members": [
-                {"name": "ramble", "backend": "function", "options": {"fn": "tests.core.fakes:rambler"}},
-                {"name": "steps", "backend": "function", "options": {"fn": "tests.core.fakes:stepper"}},
+                {"name": "ramble", "backend": "function", "options": {"fn": "tests.fakes:rambler"}},
+                {"name": "steps", "backend": "function", "options": {"fn": "tests.fakes:stepper"}},
             ],
-            "scorer": {"type": "function", "options": {"fn": "tests.core.fakes:prefers_steps"}},
+            "scorer": {"type": "function", "options": {"fn": "tests.fakes:prefers_steps"}},
             "strategy": {"name": "segment", "segment_tokens": 16},
         },
         "echo": {
-            "members": [{"name": "e", "backend": "function", "options": {"fn": "tests.core.fakes:echo"}}],
+            "members": [{"name": "e", "backend": "function", "options": {"fn": "tests.fakes:echo"}}],
             "strategy": "single",
         },
     },

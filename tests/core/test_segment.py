@@ -12,7 +12,7 @@ from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.scorers.function import FunctionScorer
 from ensemblehub_core.strategies.base import MemberPolicy
-from tests.core.fakes import STEPS, broken, prefers_steps, rambler, stepper
+from tests.fakes import STEPS, broken, prefers_steps, rambler, stepper
 
 
 def make(*members, scorer=None, **kw):

@@ -22,7 +22,7 @@ from ensemblehub_core.scorers.function import FunctionScorer
 from ensemblehub_core.strategies.base import MemberPolicy
 from ensemblehub_integrations.langchain import ChatEnsemble
 from ensemblehub_integrations.litellm import register
-from tests.integrations import fakes
+from tests import fakes
 
 USER = [{"role": "user", "content": "Count."}]
 
@@ -67,15 +67,15 @@ def test_a_failing_member_is_skipped_after_max_failures(caplog: pytest.LogCaptur
     assert result.text == " ".join(f"w{i}" for i in range(12))
     assert fakes.calls["broken"] == 2
     errors = [r.errors.get("broken", "") for r in result.trace]
-    assert errors[:2] == ["RuntimeError: connection refused"] * 2
+    assert errors[:2] == ["RuntimeError: backend exploded"] * 2
     assert all(e.startswith("skipped: failed 2 times in this request") for e in errors[2:])
     assert any("member 'broken' failed 2 times in this request; skipping it" in r.message for r in caplog.records)
 
 
 def test_a_failing_member_cools_down_across_requests(caplog: pytest.LogCaptureFixture) -> None:
     fakes.calls["broken"] = 0
-    good = {"name": "good", "backend": "function", "options": {"fn": "tests.integrations.fakes:words"}}
-    broken = {"name": "broken", "backend": "function", "options": {"fn": "tests.integrations.fakes:broken"}}
+    good = {"name": "good", "backend": "function", "options": {"fn": "tests.fakes:words"}}
+    broken = {"name": "broken", "backend": "function", "options": {"fn": "tests.fakes:broken"}}
     cfg = parse_config({"ensembles": {"cooling": {
         "members": [good, broken],
         "scorer": {"type": "function", "options": {"fn": "tests.integrations.test_circuit_breaker:_longest"}},

@@ -59,9 +59,9 @@ def _instance(cls: type[EnsembleHubError]) -> EnsembleHubError:
 
 
 CONFIG = parse_config({"ensembles": {
-    "raising": {"members": [{"name": "m", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}}],
+    "raising": {"members": [{"name": "m", "backend": "function", "options": {"fn": "tests.fakes:echo"}}],
                 "strategy": "raising"},
-    "echo": {"members": [{"name": "e", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}}],
+    "echo": {"members": [{"name": "e", "backend": "function", "options": {"fn": "tests.fakes:echo"}}],
              "strategy": "single"},
 }})
 
@@ -116,7 +116,7 @@ def test_a_parameter_no_ensemble_honours_gets_one_message_from_every_face(server
 def _langchain(param: str, value: Any) -> None:
     from ensemblehub_core.engine import Ensemble
     from ensemblehub_core.generators.function import FunctionGenerator
-    from tests.integrations import fakes
+    from tests import fakes
 
     ens = Ensemble([FunctionGenerator("e", fakes.echo)], strategy="single", name="echo")
     ChatEnsemble(ensemble=ens, model="echo").invoke("Hi", **{param: value})

@@ -20,7 +20,7 @@ from ensemblehub_core.generators.base import SegmentRequest
 from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.types import Message
 from ensemblehub_integrations.langchain import ChatEnsemble, to_core_messages
-from tests.integrations import fakes
+from tests import fakes
 
 FAKE = str(Path(__file__).parent / "configs" / "fake.yaml")
 

@@ -14,7 +14,7 @@ import litellm
 
 from ensemblehub_core.config import parse_config
 from ensemblehub_integrations.litellm import EnsembleLLM, register
-from tests.integrations import fakes
+from tests import fakes
 
 FAKE = Path(__file__).parent / "configs" / "fake.yaml"
 USER = [{"role": "user", "content": "What is 6 * 7?"}]
@@ -121,7 +121,7 @@ def test_ensembles_are_built_once_not_per_call(handler: EnsembleLLM) -> None:
 
 def test_register_takes_a_parsed_config_and_replaces_the_handler() -> None:
     cfg = parse_config({"ensembles": {"solo": {
-        "members": [{"name": "echo", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}}],
+        "members": [{"name": "echo", "backend": "function", "options": {"fn": "tests.fakes:echo"}}],
         "strategy": "single",
     }}})
     first = register(cfg)
@@ -175,9 +175,9 @@ def test_api_members_are_priced_from_litellms_cost_map() -> None:
         "members": [
             {"name": "api", "backend": "litellm", "model": "openai/gpt-4o-mini",
              "options": {"api_base": "http://127.0.0.1:9/v1"}},
-            {"name": "local", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}},
+            {"name": "local", "backend": "function", "options": {"fn": "tests.fakes:echo"}},
         ],
-        "scorer": {"type": "function", "options": {"fn": "tests.integrations.fakes:prefers_steps"}},
+        "scorer": {"type": "function", "options": {"fn": "tests.fakes:prefers_steps"}},
     }}})
     register(cfg)  # reads the config only: nothing is built or called
     info = litellm.get_model_info("ensemble/mixed")

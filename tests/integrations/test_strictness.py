@@ -80,7 +80,7 @@ def _config(member: dict[str, Any], strategy: Any = "single") -> dict[str, Any]:
 @pytest.mark.parametrize(("backend", "options", "allowed"), [
     ("hf", {"temprature": 0.5}, "end_strings, gguf_file, trust_remote_code"),
     ("hf", {"end_string": ["\n"]}, "end_strings"),
-    ("function", {"fn": "tests.integrations.fakes:echo", "delay": 1}, "delay_s, fn"),
+    ("function", {"fn": "tests.fakes:echo", "delay": 1}, "delay_s, fn"),
     ("openai", {"api_base": "http://x/v1", "prefix": "assistant"}, "prefix_mode"),
 ])
 def test_member_options_are_checked_per_backend(backend: str, options: dict[str, Any], allowed: str) -> None:
@@ -93,7 +93,7 @@ def test_member_options_are_checked_per_backend(backend: str, options: dict[str,
 
 
 def test_strategy_parameter_typos_read_like_config_errors(tmp_path: Path) -> None:
-    member = {"name": "m", "backend": "function", "options": {"fn": "tests.integrations.fakes:echo"}}
+    member = {"name": "m", "backend": "function", "options": {"fn": "tests.fakes:echo"}}
     hub = Hub(parse_config(_config(member, {"name": "segment", "segment_tokns": 8, "max_rounds": "many"})))
     with pytest.raises(ConfigError) as err:
         hub.ensemble("e")

@@ -1,4 +1,5 @@
-"""Fake members and scorers for the server tests (named from YAML as ``tests.server.fakes:NAME``)."""
+"""Fake members, backends and scorers of the server tests (named from YAML as ``tests.server.fakes:NAME``);
+the members every test uses are in tests/fakes.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import ClassVar
 from ensemblehub_core.exceptions import InputError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.types import Candidate, Message
+from tests.fakes import echo, words  # noqa: F401  # shared members, also named here as tests.server.fakes:NAME
 
 STEPS = ["Paris is the capital.\n\n", "It is in France.\n\n", "The answer is Paris."]
 
@@ -23,16 +25,6 @@ def steps(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> 
     """Writes the next of STEPS after whatever is already accepted (three segments, then EOS)."""
     done = sum(1 for s in STEPS if s in prefix)
     return "".join(STEPS[done:])
-
-
-def echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
-    return f"You said: {messages[-1].content}"
-
-
-def words(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
-    """Counts w0 w1 w2 ... from where the accepted prefix ends; never ends by itself."""
-    start = len(prefix.split())
-    return (" " if prefix else "") + " ".join(f"w{i}" for i in range(start, start + 1000))
 
 
 def fail_after_first(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:

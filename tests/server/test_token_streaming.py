@@ -10,7 +10,7 @@ import pytest
 
 from ensemblehub_core.config import parse_config
 from ensemblehub_integrations.server import create_app
-from tests.integrations import fakes
+from tests import fakes
 from tests.server.conftest import Served, running
 
 openai = pytest.importorskip("openai")
@@ -18,7 +18,7 @@ openai = pytest.importorskip("openai")
 
 @pytest.fixture(scope="module")
 def typist_server() -> Iterator[Served]:
-    member = {"name": "typist", "backend": "function", "options": {"fn": "tests.integrations.fakes:typewriter"}}
+    member = {"name": "typist", "backend": "function", "options": {"fn": "tests.fakes:typewriter"}}
     cfg = parse_config({"ensembles": {"typist": {"members": [member], "strategy": "single"}}})
     with running(create_app(cfg, api_key="")) as served:
         yield served

@@ -27,7 +27,7 @@ from ensemblehub_core.strategies.answers import (
 )
 from ensemblehub_core.strategies.ranking import PanelJudge, rank_candidates
 from ensemblehub_core.types import Candidate, Message
-from tests.core.fakes import broken
+from tests.fakes import broken
 from tests.strategies.fakes import (
     aggregator,
     answer_41,

@@ -1,4 +1,5 @@
-"""Fake members for the face tests (importable from YAML as ``module:function``)."""
+"""Fake members and scorers for fast orchestration and face tests (importable from YAML as
+``module:function``)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def flaky(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> 
 def broken(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
     """Fails at once on every call (counted in ``calls["broken"]``)."""
     calls["broken"] = calls.get("broken", 0) + 1
-    raise RuntimeError("connection refused")
+    raise RuntimeError("backend exploded")
 
 
 TYPED = ["One", " two", " three", " four", " five."]
@@ -94,3 +95,26 @@ def words(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> 
     """Counts w0 w1 ... on from the accepted prefix; never ends by itself."""
     start = len(prefix.split())
     return (" " if prefix else "") + " ".join(f"w{i}" for i in range(start, start + 1000))
+
+
+def _sum(messages: Sequence[Message]) -> int:
+    import re
+
+    a, b = (int(x) for x in re.findall(r"\d+", messages[-1].content)[:2])
+    return a + b
+
+
+def adds_right(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    return f"The answer is {_sum(messages)}."
+
+
+def adds_wrong(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    return f"The answer is {_sum(messages) + 1}."
+
+
+def slow_echo(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """`echo` at 20 ms a call: slow enough for a test to kill a batch run between examples."""
+    import time
+
+    time.sleep(0.02)
+    return f"You said: {messages[-1].content}"
