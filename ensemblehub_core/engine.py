@@ -24,9 +24,18 @@ from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
 from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy, TextDelta, make_strategy
 from ensemblehub_core.strategies.breaker import CircuitBreaker
+from ensemblehub_core.strategies.segment import lone_round
 from ensemblehub_core.strategies.select import select_members, selection_of
 from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
-from ensemblehub_core.types import EnsembleResult, GenerationParams, Message, RoundTrace, Usage
+from ensemblehub_core.types import (
+    GENERATION_KEYS,
+    Candidate,
+    EnsembleResult,
+    GenerationParams,
+    Message,
+    RoundTrace,
+    Usage,
+)
 
 __all__ = ["Ensemble", "EnsembleChunk", "PromptLike", "split_final_message", "to_messages"]
 
@@ -206,7 +215,7 @@ class Ensemble:
                 starting a new turn. The result holds only the new text.
             **params: Generation overrides (see above).
         """
-        gen_params = self._params(params)
+        gen_params = self.resolve_params(params)
         spec = ToolSpec.from_params(gen_params.tools, gen_params.tool_choice)
         calls = ToolCallFilter(spec) if spec is not None else None
         messages = to_messages(prompt)
@@ -255,7 +264,8 @@ class Ensemble:
                 yield EnsembleChunk(text=text, round=trace)
         finally:
             await agen.aclose()  # type: ignore[attr-defined]
-        result = self._result(ctx, rounds, time.perf_counter() - started)
+        result = self._result(rounds, time.perf_counter() - started, prompt_tokens=ctx.prompt_tokens,
+                              finish_reason=ctx.finish_reason, extra=ctx.extra)
         if calls is not None:
             tail = calls.finish()
             if tail:
@@ -280,12 +290,20 @@ class Ensemble:
         """Sync `astream`."""
         return iterate_sync(self.astream(prompt, **params))
 
-    # -- helpers ---------------------------------------------------------------------------------------------
-    def _params(self, overrides: Mapping[str, Any]) -> GenerationParams:
-        allowed = {"max_tokens", "temperature", "top_p", "stop", "seed", "tools", "tool_choice"}
-        unknown = set(overrides) - allowed
+    # -- requests and results -------------------------------------------------------------------------------
+    def resolve_params(self, overrides: Mapping[str, Any]) -> GenerationParams:
+        """The ensemble's generation defaults with a request's overrides, checked: the one place a request's
+        parameters are validated, whichever face it came through.
+
+        Args:
+            overrides: By the engine's names (`GENERATION_KEYS`); None values keep the default.
+
+        Raises:
+            InputError: an unknown parameter, or a value of the wrong type or out of range (named).
+        """
+        unknown = set(overrides) - set(GENERATION_KEYS)
         if unknown:
-            raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise InputError(f"unknown generation parameter(s) {sorted(unknown)}; allowed: {sorted(GENERATION_KEYS)}")
         _check_types(overrides)
         stop = overrides.get("stop")
         merged = self.defaults.merged(**{**overrides, "stop": [stop] if isinstance(stop, str) else stop})
@@ -299,25 +317,41 @@ class Ensemble:
         merged.tools, merged.tool_choice = (spec.tools, spec.choice) if spec else (None, None)
         return merged
 
-    def _result(self, ctx: RunContext, rounds: list[RoundTrace], elapsed: float) -> EnsembleResult:
+    @property
+    def lone_member(self) -> Generator | None:
+        """The member that writes every answer alone in one call (a ``single`` strategy), else None: a server
+        may then decode several requests' answers together on it and make each a result with `result_of`."""
+        name = self.strategy.lone_member(self.members)
+        return None if name is None else self.members[name]
+
+    def result_of(self, cand: Candidate, elapsed: float, *, note: str = "") -> EnsembleResult:
+        """The result of an answer the `lone_member` wrote outside `astream` (e.g. in a batch with other
+        requests), as `astream` would have made it."""
+        return self._result([lone_round(cand, elapsed, note=note)], elapsed, prompt_tokens=cand.prompt_tokens,
+                            finish_reason=cand.answer_finish, extra={})
+
+    def _result(
+        self, rounds: list[RoundTrace], elapsed: float, *, prompt_tokens: int, finish_reason: str,
+        extra: dict[str, Any],
+    ) -> EnsembleResult:
         member_tokens = {name: 0 for name in self.members}
         for r in rounds:
             for c in r.candidates:
                 member_tokens[c.member] = member_tokens.get(c.member, 0) + c.token_count
         usage = Usage(
-            prompt_tokens=ctx.prompt_tokens,
+            prompt_tokens=prompt_tokens,
             completion_tokens=sum(r.accepted_tokens for r in rounds),
             member_tokens=member_tokens,
         )
         return EnsembleResult(
             text="".join(r.accepted_text for r in rounds),
-            finish_reason="stop" if ctx.finish_reason == "stop" else "length",
+            finish_reason="stop" if finish_reason == "stop" else "length",
             usage=usage,
             trace=rounds,
             ensemble=self.name,
             strategy=self.strategy.name,
             elapsed_s=elapsed,
-            extra=ctx.extra,
+            extra=extra,
         )
 
     # -- token counting -----------------------------------------------------------------------------------------
@@ -325,10 +359,7 @@ class Ensemble:
     def counting_member(self) -> Generator:
         """The member whose tokenizer counts for the ensemble (as ``usage.prompt_tokens`` does): a ``single``
         strategy's member, else the first one."""
-        name = getattr(self.strategy.params, "member", None)
-        if isinstance(name, str) and name in self.members:
-            return self.members[name]
-        return next(iter(self.members.values()))
+        return self.lone_member or next(iter(self.members.values()))
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the counting member's tokenizer (see `counting_member`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
@@ -80,11 +80,15 @@ class GenerationParams:
 
     def merged(self, **overrides: Any) -> GenerationParams:
         """Return a copy with the given non-None fields replaced."""
-        keys = ("max_tokens", "temperature", "top_p", "stop", "seed", "tools", "tool_choice")
-        values = {k: getattr(self, k) for k in keys}
+        values = {k: getattr(self, k) for k in GENERATION_KEYS}
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["stop"] = list(values["stop"])
         return GenerationParams(**values)
+
+
+#: The generation parameters a request may set, by the engine's names: the one list every face derives its own
+#: from (`Ensemble.resolve_params` checks them).
+GENERATION_KEYS: tuple[str, ...] = tuple(f.name for f in fields(GenerationParams))
 
 
 @dataclass(kw_only=True)
@@ -111,6 +115,16 @@ class Candidate:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def ended(self) -> bool:
+        """The member ended the answer itself (EOS or a stop string), rather than running out of budget."""
+        return self.finish_reason in ("eos", "stop")
+
+    @property
+    def answer_finish(self) -> Literal["stop", "length"]:
+        """OpenAI's finish reason of an answer that ends with this candidate."""
+        return "stop" if self.ended else "length"
 
 
 @dataclass(kw_only=True)

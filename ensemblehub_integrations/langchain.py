@@ -55,7 +55,7 @@ from ensemblehub_core.hub import Hub
 from ensemblehub_core.scorers.base import Scorer, ScoringPanel
 from ensemblehub_core.strategies.base import Strategy
 from ensemblehub_core.tools import ToolSpec
-from ensemblehub_core.types import EnsembleResult, Message
+from ensemblehub_core.types import GENERATION_KEYS, EnsembleResult, Message
 from ensemblehub_integrations.common import (
     UNSUPPORTED_PARAMS,
     bounded,
@@ -70,8 +70,9 @@ from ensemblehub_integrations.common import (
 __all__ = ["ChatEnsemble", "hub_for", "to_core_messages"]
 
 PROVIDER = "ensemblehub"
-#: Call keyword arguments that LangChain or `bind_tools` may pass and that map onto the engine.
-_ENGINE_KWARGS = ("temperature", "max_tokens", "top_p", "seed", "tools", "tool_choice")
+#: Call keyword arguments that LangChain or `bind_tools` may pass and that map onto the engine (``stop`` comes
+#: as LangChain's own argument).
+_ENGINE_KWARGS = tuple(key for key in GENERATION_KEYS if key != "stop")
 #: Call keyword arguments handled here rather than by the engine.
 _FACE_KWARGS = ("model", "timeout", "max_retries", "stream", "ls_structured_output_format", "parallel_tool_calls")
 _RETRYABLE = (AllMembersFailed, GeneratorError)

@@ -50,7 +50,7 @@ from ensemblehub_core.config import EnsembleConfig, HubConfig, MemberConfig
 from ensemblehub_core.engine import Ensemble, to_messages
 from ensemblehub_core.exceptions import EnsembleHubError, InputError
 from ensemblehub_core.hub import Hub
-from ensemblehub_core.types import EnsembleResult
+from ensemblehub_core.types import GENERATION_KEYS, EnsembleResult
 from ensemblehub_integrations.common import (
     UNSUPPORTED_PARAMS,
     TraceLevel,
@@ -67,17 +67,9 @@ from ensemblehub_integrations.common import (
 __all__ = ["PROVIDER", "SUPPORTED_PARAMS", "EnsembleLLM", "member_prices", "model_info", "register"]
 
 PROVIDER = "ensemble"
-#: OpenAI parameters the engine takes, and the engine's name for each.
-_PARAMS = {
-    "max_tokens": "max_tokens",
-    "max_completion_tokens": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "stop": "stop",
-    "seed": "seed",
-    "tools": "tools",
-    "tool_choice": "tool_choice",
-}
+#: OpenAI parameters the engine takes, and the engine's name for each (OpenAI's names are the engine's, plus
+#: one alias).
+_PARAMS = {**{key: key for key in GENERATION_KEYS}, "max_completion_tokens": "max_tokens"}
 #: What LiteLLM is told the provider supports (`get_supported_openai_params`); with ``drop_params`` it drops
 #: the others before the call.
 SUPPORTED_PARAMS = (*_PARAMS, "stream", "stream_options", "user", "parallel_tool_calls", "max_retries",

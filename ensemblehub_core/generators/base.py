@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from ensemblehub_core.types import Candidate, Message, TokenLogprob
+from ensemblehub_core.types import Candidate, GenerationParams, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
@@ -45,6 +45,23 @@ class SegmentRequest:
     top_p: float = 1.0
     seed: int | None = None
     on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def for_answer(
+        cls, params: GenerationParams, *, max_new_tokens: int | None = None, delimiters: Sequence[str] = (),
+        temperature: float | None = None, seed_offset: int = 0,
+    ) -> SegmentRequest:
+        """The request for one candidate of an answer generated with ``params``: the answer's stop strings and
+        sampling, its seed moved by ``seed_offset`` (so rounds and samples differ), and its whole budget unless
+        ``max_new_tokens`` gives a segment's."""
+        return cls(
+            max_new_tokens=params.max_tokens if max_new_tokens is None else max_new_tokens,
+            stop=list(params.stop),
+            delimiters=list(delimiters),
+            temperature=params.temperature if temperature is None else temperature,
+            top_p=params.top_p,
+            seed=None if params.seed is None else params.seed + seed_offset,
+        )
 
 
 class Batcher(Protocol):

@@ -79,7 +79,7 @@ class AgreementScorer(Scorer):
     def _mode(self, cands: Sequence[Candidate]) -> str:
         if self.similarity != "auto":
             return self.similarity
-        if all(c.finish_reason in ("eos", "stop") for c in cands) and all(self._key(c) is not None for c in cands):
+        if all(c.ended for c in cands) and all(self._key(c) is not None for c in cands):
             return "answer"
         if self._embedder is None:
             self._embedder = _load_embedder(required=False) or False

@@ -112,6 +112,11 @@ class Strategy(ABC):
     def check(self, members: Mapping[str, Generator], panel: ScoringPanel | None) -> None:  # noqa: B027
         """Raise `ConfigError`/`CapabilityError` early when the members or scorer cannot run this strategy."""
 
+    def lone_member(self, members: Mapping[str, Generator]) -> str | None:
+        """The member that writes every answer alone, in one call, when the strategy is that simple (then a
+        server may batch its requests on that member; see `Ensemble.result_of`); None for real ensembles."""
+        return None
+
     @abstractmethod
     def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace | TextDelta]:
         """Yield one trace per round (an async generator); a strategy may yield `TextDelta` pieces of a round's

@@ -111,13 +111,8 @@ async def collect_answers(
 
     async def one_sample(k: int) -> tuple[list[Candidate], dict[str, str]]:
         greedy = p.temperature <= 0
-        request = SegmentRequest(
-            max_new_tokens=p.max_tokens,
-            stop=list(p.stop),
-            temperature=sample_temperature if (k > 0 and greedy) else p.temperature,
-            top_p=p.top_p,
-            seed=None if p.seed is None else p.seed + k,
-        )
+        request = SegmentRequest.for_answer(p, temperature=sample_temperature if (k > 0 and greedy) else None,
+                                            seed_offset=k)
         sessions = {
             (n if samples == 1 else f"{n}#{k + 1}"): open_session(g, ctx, messages)
             for n, g in members.items()
@@ -140,10 +135,6 @@ async def collect_answers(
         raise AllMembersFailed(answers.errors)
     answers.generate_s = now() - started
     return answers
-
-
-def _finish(cand: Candidate) -> str:
-    return "stop" if cand.finish_reason in ("eos", "stop") else "length"
 
 
 def _member(ctx: RunContext, name: str, role: str, strategy: str) -> Generator:
@@ -189,7 +180,7 @@ class _ResponseStrategy(Strategy):
     ) -> RoundTrace:
         """Set the run's outcome from the winning candidate and build the one round."""
         cand = answers.candidates[win]
-        ctx.finish_reason = _finish(cand)
+        ctx.finish_reason = cand.answer_finish
         ctx.prompt_tokens = ctx.prompt_tokens or cand.prompt_tokens
         return RoundTrace(
             index=0,

@@ -100,14 +100,8 @@ class SegmentStrategy(Strategy):
                 budget = min(p.segment_tokens, ctx.params.max_tokens - used)
                 if budget <= 0:
                     break
-                request = SegmentRequest(
-                    max_new_tokens=budget,
-                    stop=ctx.params.stop,
-                    delimiters=p.delimiters,
-                    temperature=ctx.params.temperature,
-                    top_p=ctx.params.top_p,
-                    seed=None if ctx.params.seed is None else ctx.params.seed + index,
-                )
+                request = SegmentRequest.for_answer(ctx.params, max_new_tokens=budget, delimiters=p.delimiters,
+                                                    seed_offset=index)
                 started = now()
                 asked = self.round_members(ctx, sessions)
                 cands, errors = await gather_candidates(asked, request, ctx.policy, ctx.breaker)
@@ -119,7 +113,7 @@ class SegmentStrategy(Strategy):
                 trace.score_s = now() - started
                 for name, session in sessions.items():
                     session.accept(win.text, own=win if name == win.member else None)
-                segment, finished = win.text, win.finish_reason in ("eos", "stop")
+                segment, finished = win.text, win.ended
                 cut = cut_text(text + segment, ctx.params.stop, [])  # a stop string may straddle segments
                 if cut is not None and len(cut.text) < len(text) + len(segment):
                     segment, finished = cut.text[len(text) :], True
@@ -181,16 +175,13 @@ class SingleStrategy(Strategy):
                 f"members: {', '.join(members)}"
             )
 
+    def lone_member(self, members: Mapping[str, Generator]) -> str:
+        return self.params.member or next(iter(members))
+
     async def run(self, ctx: RunContext) -> AsyncIterator[RoundTrace | TextDelta]:
-        name = self.params.member or next(iter(ctx.members))
+        name = self.lone_member(ctx.members)
         session = open_session(ctx.members[name], ctx)
-        request = SegmentRequest(
-            max_new_tokens=ctx.params.max_tokens,
-            stop=ctx.params.stop,
-            temperature=ctx.params.temperature,
-            top_p=ctx.params.top_p,
-            seed=ctx.params.seed,
-        )
+        request = SegmentRequest.for_answer(ctx.params)
         started = now()
         result: list[tuple[list[Candidate], dict[str, str]]] = []
         try:
@@ -202,11 +193,17 @@ class SingleStrategy(Strategy):
         cands, errors = result[0]
         win = cands[0]
         ctx.prompt_tokens = win.prompt_tokens
-        ctx.finish_reason = "stop" if win.finish_reason in ("eos", "stop") else "length"
-        yield RoundTrace(
-            index=0, candidates=cands, scores=[None], winner=name, winner_index=0, accepted_text=win.text,
-            accepted_tokens=win.token_count, generate_s=now() - started, errors=errors,
-        )
+        ctx.finish_reason = win.answer_finish
+        yield lone_round(win, now() - started, errors=errors)
+
+
+def lone_round(cand: Candidate, elapsed: float, *, errors: dict[str, str] | None = None, note: str = "") -> RoundTrace:
+    """The one round of an answer one member wrote alone in one call (``single``, and answers batched by the
+    server on that member)."""
+    return RoundTrace(
+        index=0, candidates=[cand], scores=[None], winner=cand.member, winner_index=0, accepted_text=cand.text,
+        accepted_tokens=cand.token_count, generate_s=elapsed, errors=dict(errors or {}), note=note,
+    )
 
 
 async def _streamed(

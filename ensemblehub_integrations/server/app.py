@@ -55,8 +55,6 @@ from ensemblehub_integrations.server.scheduler import (
     Lease,
     Runner,
     make_runner,
-    single_member,
-    single_result,
 )
 from ensemblehub_integrations.server.settings import CONFIG_ENV, ServerSettings
 
@@ -375,7 +373,7 @@ class ServerState:
             if isinstance(source, list):
                 job.texts.append("".join(t.token for t in prompt))  # the echo of token ids: their text
             cand = Candidate(member=member.name, text=nxt.token, token_count=1, prompt_tokens=len(prompt))
-            result = single_result(runner.ensemble, cand, time.perf_counter() - started, note="prompt scored")
+            result = runner.ensemble.result_of(cand, time.perf_counter() - started, note="prompt scored")
             results.extend([result] * job.n)
             logprobs.extend([tokens] * job.n)
         return Renderer(job, runner.ensemble.name).response(results, logprobs)
@@ -465,13 +463,13 @@ def _logprobs_member(job: Job, runner: Runner) -> Generator:
     member scores the finished answer token by token (one forward pass), as the model would have seen it.
     """
     ens = runner.ensemble
-    member = single_member(ens)
+    member = ens.lone_member
 
     def refuse(why: str, param: str = "logprobs") -> APIError:
         return APIError(400, f"ensemble '{ens.name}' cannot return logprobs: {why}", param=param,
                         code="logprobs_unsupported")
 
-    if ens.strategy.name != "single":
+    if member is None:
         raise refuse(f"its strategy '{ens.strategy.name}' assembles the answer from several models' tokens, "
                      "so no single token distribution exists; leave 'logprobs' out")
     if not member.supports_answer_logprobs:

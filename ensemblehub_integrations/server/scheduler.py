@@ -27,12 +27,12 @@ from typing import Any
 from ensemblehub_core.engine import Ensemble, EnsembleChunk
 from ensemblehub_core.exceptions import EnsembleHubError, GeneratorError, InputError
 from ensemblehub_core.generators.base import Batcher, Generator, SegmentRequest
-from ensemblehub_core.types import Candidate, EnsembleResult, GenerationParams, Message, RoundTrace, Usage
+from ensemblehub_core.types import Candidate, EnsembleResult, GenerationParams, Message
 from ensemblehub_integrations.server.errors import APIError
 
 __all__ = [
     "Admission", "BatchingRunner", "ContinuousRunner", "DirectRunner", "Lease", "Runner", "batch_member",
-    "make_runner", "single_member", "single_result",
+    "make_runner",
 ]
 
 log = logging.getLogger("ensemblehub.server")
@@ -156,20 +156,19 @@ class ContinuousRunner(Runner):
     async def stream(
         self, messages: list[Message], params: dict[str, Any], *, live: bool = False
     ) -> AsyncIterator[EnsembleChunk]:
-        if live or _engine_only(params) or _alone(params, _generation_params(self.ensemble, params)):
+        p = None if live or _engine_only(params) else self.ensemble.resolve_params(params)
+        if p is None or _alone(params, p):
             async for chunk in _engine_stream(self.ensemble, messages, params):
                 yield chunk
             return
-        p = _generation_params(self.ensemble, params)
-        request = SegmentRequest(max_new_tokens=p.max_tokens, stop=p.stop, temperature=p.temperature,
-                                 top_p=p.top_p, seed=p.seed)
+        request = SegmentRequest.for_answer(p)
         timeout = self.ensemble.policy.timeout_s
         call = self.batcher.complete(messages, "", request)
         try:
             cand = await (call if timeout is None else asyncio.wait_for(call, timeout))
         except TimeoutError as exc:
             raise GeneratorError(self.member.name, f"timed out after {timeout:g} s") from exc
-        result = single_result(self.ensemble, cand, cand.elapsed_s)
+        result = self.ensemble.result_of(cand, cand.elapsed_s)
         yield EnsembleChunk(text=result.text, round=result.trace[0])
         yield EnsembleChunk(text="", result=result)
 
@@ -186,18 +185,10 @@ class _Item:
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-def single_member(ensemble: Ensemble) -> Generator:
-    """The member a ``single`` ensemble answers with (its ``member`` parameter, else the first member)."""
-    name = getattr(ensemble.strategy.params, "member", None) or next(iter(ensemble.members))
-    return ensemble.members[name]
-
-
 def batch_member(ensemble: Ensemble) -> Generator | None:
     """The member to batch for, when the ensemble is one member answering alone on a batching backend."""
-    if ensemble.strategy.name != "single":
-        return None
-    member = single_member(ensemble)
-    if type(member).complete_many is Generator.complete_many:
+    member = ensemble.lone_member
+    if member is None or type(member).complete_many is Generator.complete_many:
         return None  # the base class runs prompts one by one: nothing to gain
     return member
 
@@ -236,7 +227,7 @@ class BatchingRunner(Runner):
         yield EnsembleChunk(text="", result=result)
 
     async def submit(self, messages: list[Message], params: dict[str, Any]) -> EnsembleResult:
-        p = _generation_params(self.ensemble, params)
+        p = self.ensemble.resolve_params(params)
         loop = asyncio.get_running_loop()
         item = _Item(messages=messages, params=p, key=None, future=loop.create_future())
         sampled_with_seed = p.temperature > 0 and p.seed is not None
@@ -295,9 +286,7 @@ class BatchingRunner(Runner):
         return batch
 
     async def _run(self, batch: list[_Item]) -> None:
-        p = batch[0].params
-        request = SegmentRequest(max_new_tokens=p.max_tokens, stop=p.stop, temperature=p.temperature,
-                                 top_p=p.top_p, seed=p.seed)
+        request = SegmentRequest.for_answer(batch[0].params)
         started = time.perf_counter()
         self.batches.append(len(batch))
         try:
@@ -338,28 +327,8 @@ class BatchingRunner(Runner):
             raise GeneratorError(self.member.name, f"{type(exc).__name__}: {exc}") from exc
 
     def _result(self, cand: Candidate, elapsed: float, batch_size: int) -> EnsembleResult:
-        return single_result(self.ensemble, cand, elapsed,
-                              note=f"decoded in a batch of {batch_size}" if batch_size > 1 else "")
-
-
-def single_result(ensemble: Ensemble, cand: Candidate, elapsed: float, note: str = "") -> EnsembleResult:
-    """The result (one round, one candidate) of a ``single`` ensemble's answer decoded outside the engine."""
-    trace = RoundTrace(
-        index=0, candidates=[cand], scores=[None], winner=cand.member, winner_index=0, accepted_text=cand.text,
-        accepted_tokens=cand.token_count, generate_s=elapsed, note=note,
-    )
-    return EnsembleResult(
-        text=cand.text,
-        finish_reason="stop" if cand.finish_reason in ("eos", "stop") else "length",
-        usage=Usage(prompt_tokens=cand.prompt_tokens, completion_tokens=cand.token_count,
-                    member_tokens={cand.member: cand.token_count}),
-        trace=[trace], ensemble=ensemble.name, strategy=ensemble.strategy.name, elapsed_s=elapsed,
-    )
-
-
-def _generation_params(ensemble: Ensemble, params: dict[str, Any]) -> GenerationParams:
-    """The ensemble's defaults with the request's overrides (the same merge the engine does for itself)."""
-    return ensemble.defaults.merged(**params)
+        return self.ensemble.result_of(cand, elapsed,
+                                       note=f"decoded in a batch of {batch_size}" if batch_size > 1 else "")
 
 
 def make_runner(ensemble: Ensemble, *, max_concurrency: int, max_batch: int, window_s: float) -> Runner:

@@ -162,3 +162,18 @@ def test_panel_weights_and_exclude_own():
     assert trace.scores == [0.5, pytest.approx(0.2)]
     assert trace.scorer_scores == {"by_a": [1.0, 0.2], "by_b": [0.5, 0.5]}
     assert trace.winner == "a"
+
+
+def test_every_generation_parameter_is_type_checked_and_known_to_every_face():
+    """One list of keys (`GENERATION_KEYS`, from the `GenerationParams` fields): the engine checks each one's
+    type, and LangChain and LiteLLM accept exactly those (by OpenAI's names, plus its aliases)."""
+    from ensemblehub_core.engine import _PARAM_TYPES
+    from ensemblehub_core.types import GENERATION_KEYS, GenerationParams
+
+    assert set(_PARAM_TYPES) == set(GENERATION_KEYS) == set(vars(GenerationParams()))
+    pytest.importorskip("langchain_core")
+    pytest.importorskip("litellm")
+    from ensemblehub_integrations import langchain, litellm
+
+    assert {*langchain._ENGINE_KWARGS, "stop"} == set(GENERATION_KEYS)
+    assert set(litellm._PARAMS.values()) == set(GENERATION_KEYS)
