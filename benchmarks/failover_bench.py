@@ -1,6 +1,6 @@
 """Failover benchmark: two ``ensemblehub serve`` replicas behind the real LiteLLM proxy; one is SIGKILLed mid-load.
 
-    python -m benchmarks.failover_bench                   # 240 requests, 8 clients, fake member (about a minute)
+    python -m benchmarks.failover_bench                   # 480 requests, 8 clients, fake member (about a minute)
     python -m benchmarks.failover_bench --member smollm2  # the same over SmolLM2-135M (slower on a small CPU)
 
 Topology (all on 127.0.0.1, as docs/deploy.md describes for real machines): replicas A and B each serve the same
@@ -256,7 +256,7 @@ async def _warm(base: str, key: str, max_tokens: int) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--member", choices=["fake", "smollm2"], default="fake")
-    p.add_argument("--requests", type=int, default=240)
+    p.add_argument("--requests", type=int, default=480)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--work-ms", type=float, default=50, help="the fake member's time per answer")
