@@ -23,10 +23,10 @@ from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.context import BuildContext
     from ensemblehub_core.generators.hf_batch import StepBatcher
     from ensemblehub_core.generators.hf_compiled import CompiledStep
     from ensemblehub_core.generators.hf_tokens import HFTokenSession
-    from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
 
 __all__ = ["HFGenerator", "HFSession"]

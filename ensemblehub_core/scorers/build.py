@@ -9,8 +9,8 @@ from ensemblehub_core.scorers.base import Scorer
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import ScorerConfig
+    from ensemblehub_core.context import BuildContext
     from ensemblehub_core.generators.hf import HFGenerator
-    from ensemblehub_core.hub import BuildContext
 
 __all__ = ["agreement", "confidence", "cross_likelihood", "function", "judge", "likelihood", "prm", "reward_model"]
 
