@@ -147,7 +147,7 @@ def reward_model(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
 
 
 def function(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
-    from ensemblehub_core.generators.function import import_callable
+    from ensemblehub_core.registry import import_callable
     from ensemblehub_core.scorers.function import FunctionScorer
 
     fn = import_callable(cfg.options.get("fn"), f"scorer '{cfg.display_name}' options.fn")
