@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import GeneratorError
 from ensemblehub_core.generators.tokens import TokenSession
-from ensemblehub_core.strategies.vocab import MemberVocab, member_vocab
+from ensemblehub_core.generators.vocab import MemberVocab, member_vocab
 from ensemblehub_core.types import Message
 
 if TYPE_CHECKING:
