@@ -31,11 +31,11 @@ from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
 from ensemblehub_core.strategies.base import (
     RunContext,
     Strategy,
-    StrategyParams,
     gather_candidates,
     now,
     open_session,
 )
+from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.strategies.ranking import (
     DEFAULT_PAIR_TEMPLATE,
     MemberJudge,
