@@ -164,7 +164,7 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
 
 def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate], float]) -> list[int]:
     """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: earliest)."""
-    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+    from ensemblehub_core.answers import answer_key, extract_auto
 
     marks = []
     for r in records:
@@ -187,7 +187,7 @@ def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate],
 
 def vote_marks(records: list[cal.Record]) -> list[int]:
     """Plain majority over the members' extracted answers (ties: the earliest member's answer)."""
-    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+    from ensemblehub_core.answers import answer_key, extract_auto
 
     marks = []
     for r in records:

@@ -163,10 +163,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     import yaml
 
     from ensemblehub_core import calibration as cal
+    from ensemblehub_core.answers import answer_key, get_extractor
     from ensemblehub_core.batch import read_examples
     from ensemblehub_core.config import default_config_path, load_config
     from ensemblehub_core.hub import Hub
-    from ensemblehub_core.strategies.answers import answer_key, get_extractor
 
     config_path = Path(args.config) if args.config else default_config_path()
     hub = Hub(load_config(config_path))

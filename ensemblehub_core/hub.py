@@ -7,11 +7,11 @@ reused, and members that appear in several ensembles share one copy of their wei
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.config import EnsembleConfig, HubConfig, load_config
+from ensemblehub_core.context import BuildContext  # also exported here, where it was first defined
 from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.exceptions import EnsembleHubError, ModelLoadError
 from ensemblehub_core.registry import resolve
@@ -25,14 +25,6 @@ if TYPE_CHECKING:
     from ensemblehub_core.pool import ModelPool
 
 __all__ = ["BuildContext", "Hub", "build_ensemble"]
-
-
-@dataclass(kw_only=True)
-class BuildContext:
-    """What builders get: the model pool and the members built so far (scorers may reuse them)."""
-
-    pool: ModelPool
-    members: dict[str, Generator]
 
 
 def _build_member(cfg: MemberConfig, ctx: BuildContext) -> Generator:

@@ -2,17 +2,20 @@
 
 Entries are import paths, imported only when used, so a heavy library (torch, vllm, litellm) loads only for
 the configurations that need it. A missing optional dependency becomes an error naming the extra to install.
+`import_callable` imports the ``module:function`` a config names itself (a function member, scorer or answer
+extractor).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ensemblehub_core.exceptions import ConfigError, ModelLoadError
 
-__all__ = ["BACKENDS", "SCORERS", "STRATEGIES", "Entry", "register", "resolve"]
+__all__ = ["BACKENDS", "SCORERS", "STRATEGIES", "Entry", "import_callable", "register", "resolve"]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -117,3 +120,25 @@ def resolve(kind: str, name: str) -> Any:
         hint = f"pip install 'ensemblehub[{entry.extra}]'" if entry.extra else "check your installation"
         raise ModelLoadError(f"{kind} '{name}' needs a package that is not installed ({exc.name}): {hint}") from exc
     return getattr(module, attr)
+
+
+def import_callable(path: object, what: str) -> Callable[..., Any]:
+    """Import ``module:attribute`` and check it is callable.
+
+    Args:
+        path: The ``module:attribute`` path, as a config gives it (anything else is an error).
+        what: Where the path was given, for the message (e.g. ``member 'a' options.fn``).
+
+    Raises:
+        ConfigError: ``path`` is not ``module:attribute``, does not import, or is not callable.
+    """
+    if not isinstance(path, str) or ":" not in path:
+        raise ConfigError(f"{what} must be 'module:function', got {path!r}")
+    module_name, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{what}: cannot import {path!r}: {exc}") from exc
+    if not callable(fn):
+        raise ConfigError(f"{what}: {path!r} is not callable")
+    return fn

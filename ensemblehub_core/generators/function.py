@@ -9,23 +9,23 @@ raise to simulate a failing member.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Union
 
 from ensemblehub_core._text import cut_text
-from ensemblehub_core.exceptions import ConfigError, GeneratorError
+from ensemblehub_core.exceptions import GeneratorError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
+from ensemblehub_core.registry import import_callable
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
-    from ensemblehub_core.hub import BuildContext
+    from ensemblehub_core.context import BuildContext
 
-__all__ = ["FunctionGenerator", "GenerateFn", "build", "import_callable"]
+__all__ = ["FunctionGenerator", "GenerateFn", "build"]
 
 GenerateFn = Callable[
     [Sequence[Message], str, SegmentRequest], Union[str, Awaitable[str]]  # noqa: UP007 - readable alias
@@ -95,17 +95,3 @@ def build(cfg: MemberConfig, ctx: BuildContext) -> FunctionGenerator:
     sure = cfg.options.get("token_logprob")
     return FunctionGenerator(cfg.name, fn, delay_s=float(cfg.options.get("delay_s", 0.0)),
                              token_logprob=None if sure is None else float(sure))
-
-
-def import_callable(path: object, what: str) -> Callable[..., Any]:
-    """Import ``module:attribute`` and check it is callable."""
-    if not isinstance(path, str) or ":" not in path:
-        raise ConfigError(f"{what} must be 'module:function', got {path!r}")
-    module_name, _, attr = path.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{what}: cannot import {path!r}: {exc}") from exc
-    if not callable(fn):
-        raise ConfigError(f"{what}: {path!r} is not callable")
-    return fn

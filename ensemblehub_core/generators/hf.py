@@ -11,28 +11,28 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ensemblehub_core._text import cut_text, settled_text
+from ensemblehub_core._text import settled_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
-from ensemblehub_core.generators.base import Generator, GeneratorSession, PrefixSession, SegmentRequest
-from ensemblehub_core.generators.prompting import TokenizerPrompt
+from ensemblehub_core.generators._hf_common import HFBase
+from ensemblehub_core.generators.base import GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.models.loader import end_of_turn_id
 from ensemblehub_core.tools import ToolSpec, active_tools
 from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
+    from ensemblehub_core.context import BuildContext
     from ensemblehub_core.generators.hf_batch import StepBatcher
     from ensemblehub_core.generators.hf_compiled import CompiledStep
     from ensemblehub_core.generators.hf_tokens import HFTokenSession
-    from ensemblehub_core.hub import BuildContext
     from ensemblehub_core.models import LoadedModel
 
 __all__ = ["HFGenerator", "HFSession"]
 
 
-class HFGenerator(TokenizerPrompt, Generator):
+class HFGenerator(HFBase):
     """A transformers causal LM as an ensemble member.
 
     Args:
@@ -192,7 +192,7 @@ class HFGenerator(TokenizerPrompt, Generator):
         """
         import torch
 
-        from ensemblehub_core import _torch as T
+        import ensemblehub_core._torch as T
 
         start = time.perf_counter()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -259,29 +259,6 @@ class HFGenerator(TokenizerPrompt, Generator):
             )
             for i in range(len(prompts))
         ]
-
-    def _batch_forward(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        from ensemblehub_core._torch import cache_kwargs
-
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwargs(self.model, cache),
-            use_cache=True, logits_to_keep=1,
-        )
-        return out.logits[:, -1].float()
-
-    def _advance(self, new: list[int], tok: int, request: SegmentRequest) -> tuple[bool, str, str]:
-        """Add one sampled token; return (done, finish reason, text so far)."""
-        if tok in self.eos_ids:
-            return True, "eos", self.decode(new)
-        new.append(tok)
-        text = self.decode(new)
-        end = cut_text(text, self.end_strings, [])
-        if end is not None:
-            return True, "eos", end.text
-        cut = cut_text(text, request.stop, request.delimiters)
-        if cut is not None:
-            return True, cut.reason, cut.text
-        return False, "length", text
 
 
 @dataclass(kw_only=True)

@@ -43,7 +43,7 @@ from ensemblehub_core.types import Candidate, Message
 if TYPE_CHECKING:
     import torch
 
-    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.generators._hf_common import HFBase
 
 __all__ = ["StepBatcher", "mergeable"]
 
@@ -86,7 +86,7 @@ class StepBatcher:
             decode step of the running rows between chunks.
     """
 
-    def __init__(self, member: HFGenerator, *, max_batch: int, chunk_tokens: int = 256) -> None:
+    def __init__(self, member: HFBase, *, max_batch: int, chunk_tokens: int = 256) -> None:
         self.member = member
         self.max_batch = max_batch
         self.chunk_tokens = max(1, chunk_tokens)

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import GeneratorError
 from ensemblehub_core.generators.tokens import TokenSession
-from ensemblehub_core.strategies.vocab import MemberVocab, member_vocab
+from ensemblehub_core.generators.vocab import MemberVocab, member_vocab
 from ensemblehub_core.types import Message
 
 if TYPE_CHECKING:
     import torch
 
-    from ensemblehub_core.generators.hf import HFGenerator
+    from ensemblehub_core.generators._hf_common import HFBase
     from ensemblehub_core.tools import ToolSpec
 
 __all__ = ["HFTokenSession", "RetokenizedSession", "TailEncoder", "split_utf8", "vocab_of"]
@@ -115,7 +115,7 @@ class TailEncoder:
         return not self.vocab.dummy_prefix or data[start] == 0x20
 
 
-def vocab_of(gen: HFGenerator) -> MemberVocab:
+def vocab_of(gen: HFBase) -> MemberVocab:
     """The byte view of a local member's vocabulary, as wide as its logits (built once per tokenizer)."""
     head = gen.model.get_output_embeddings() if hasattr(gen.model, "get_output_embeddings") else None
     width = int(head.weight.shape[0]) if head is not None and hasattr(head, "weight") else None
@@ -182,7 +182,7 @@ class HFTokenSession(RetokenizedSession):
     """
 
     def __init__(
-        self, gen: HFGenerator, messages: Sequence[Message], *, window: int = 8, tools: ToolSpec | None = None
+        self, gen: HFBase, messages: Sequence[Message], *, window: int = 8, tools: ToolSpec | None = None
     ) -> None:
         from ensemblehub_core._torch import KeptCache
 

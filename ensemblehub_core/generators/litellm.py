@@ -49,7 +49,7 @@ from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
-    from ensemblehub_core.hub import BuildContext
+    from ensemblehub_core.context import BuildContext
 
 __all__ = ["LiteLLMGenerator", "build"]
 

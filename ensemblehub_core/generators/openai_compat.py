@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
     from ensemblehub_core.config import MemberConfig
-    from ensemblehub_core.hub import BuildContext
+    from ensemblehub_core.context import BuildContext
 
 __all__ = ["OpenAICompatGenerator", "build"]
 

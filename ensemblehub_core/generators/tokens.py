@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import torch
 
-    from ensemblehub_core.strategies.vocab import MemberVocab
+    from ensemblehub_core.generators.vocab import MemberVocab
 
 __all__ = ["Piece", "TokenSession", "piece_probabilities", "ranked_pieces", "text_only_message"]
 

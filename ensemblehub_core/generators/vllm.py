@@ -33,7 +33,7 @@ from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import MemberConfig
-    from ensemblehub_core.hub import BuildContext
+    from ensemblehub_core.context import BuildContext
 
 __all__ = ["VLLMEngine", "VLLMGenerator", "VLLMTokenSession", "engine_for"]
 
@@ -217,7 +217,7 @@ class VLLMTokenSession(RetokenizedSession):
     full_distribution = False
 
     def __init__(self, gen: VLLMGenerator, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> None:
-        from ensemblehub_core.strategies.vocab import member_vocab
+        from ensemblehub_core.generators.vocab import member_vocab
 
         self.gen = gen
         self.member = gen.name

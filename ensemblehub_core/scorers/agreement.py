@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from ensemblehub_core.answers import answer_key, get_extractor
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest
-from ensemblehub_core.strategies.answers import answer_key, get_extractor
 from ensemblehub_core.types import Candidate
 
 __all__ = ["SIMILARITIES", "AgreementScorer", "word_overlap"]
@@ -46,7 +46,7 @@ class AgreementScorer(Scorer):
             ``overlap`` (word-overlap F1), ``embedding`` (cosine of sentence embeddings), or ``auto``: answers
             when every candidate is a finished answer with an extractable final answer, else embeddings where
             the embedder is installed, else word overlap.
-        extractor: The final-answer extractor for ``answer`` (see `strategies.answers`).
+        extractor: The final-answer extractor for ``answer`` (see `ensemblehub_core.answers`).
     """
 
     def __init__(self, name: str, *, similarity: str = "auto", extractor: Any = "auto") -> None:

@@ -9,8 +9,8 @@ from ensemblehub_core.scorers.base import Scorer
 
 if TYPE_CHECKING:
     from ensemblehub_core.config import ScorerConfig
+    from ensemblehub_core.context import BuildContext
     from ensemblehub_core.generators.hf import HFGenerator
-    from ensemblehub_core.hub import BuildContext
 
 __all__ = ["agreement", "confidence", "cross_likelihood", "function", "judge", "likelihood", "prm", "reward_model"]
 
@@ -147,7 +147,7 @@ def reward_model(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
 
 
 def function(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
-    from ensemblehub_core.generators.function import import_callable
+    from ensemblehub_core.registry import import_callable
     from ensemblehub_core.scorers.function import FunctionScorer
 
     fn = import_callable(cfg.options.get("fn"), f"scorer '{cfg.display_name}' options.fn")

@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from ensemblehub_core.exceptions import AllMembersFailed, ConfigError, EnsembleHubError, GeneratorError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.select import SelectParams
+from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTrace
 
 if TYPE_CHECKING:
@@ -28,20 +26,9 @@ if TYPE_CHECKING:
     from ensemblehub_core.strategies.breaker import RequestBreaker
 
 __all__ = [
-    "MemberPolicy", "RunContext", "Strategy", "StrategyParams", "TextDelta", "gather_candidates", "make_strategy",
+    "MemberPolicy", "RunContext", "Strategy", "TextDelta", "gather_candidates", "make_strategy",
     "open_session", "open_token_session",
 ]
-
-
-class StrategyParams(BaseModel):
-    """Base of every strategy's parameters: unknown keys are an error.
-
-    Attributes:
-        select: Optional model selection before the strategy runs (see `strategies.select`).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    select: SelectParams | None = None
 
 
 @dataclass(kw_only=True)

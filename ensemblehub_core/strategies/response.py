@@ -1,8 +1,8 @@
 """Response-level ensembles: every member writes a full answer, then one is picked, voted, ranked or fused.
 
 ``best_of_n``: the scorer panel picks the best answer.
-``vote``: self-consistency: final answers are extracted (`answers`), normalised and counted (optionally
-weighted by score); the winning answer's best full text is returned with the vote table.
+``vote``: self-consistency: final answers are extracted (`ensemblehub_core.answers`), normalised and counted
+(optionally weighted by score); the winning answer's best full text is returned with the vote table.
 ``rank``: pairwise ranking with a judge member or the scorer panel (`ranking`), ``full`` or ``bubble``.
 ``fuse``: Mixture-of-Agents: proposers answer (``layers`` rounds, each seeing the previous round's answers),
 then an aggregator member writes a new answer from the numbered candidates, optionally only the top-k of a
@@ -24,18 +24,18 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
+from ensemblehub_core.answers import Extractor, answer_key, get_extractor
 from ensemblehub_core.exceptions import AllMembersFailed, ConfigError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
-from ensemblehub_core.strategies.answers import Extractor, answer_key, get_extractor
 from ensemblehub_core.strategies.base import (
     RunContext,
     Strategy,
-    StrategyParams,
     gather_candidates,
     now,
     open_session,
 )
+from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.strategies.ranking import (
     DEFAULT_PAIR_TEMPLATE,
     MemberJudge,

@@ -25,12 +25,12 @@ from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
 from ensemblehub_core.strategies.base import (
     RunContext,
     Strategy,
-    StrategyParams,
     TextDelta,
     gather_candidates,
     now,
     open_session,
 )
+from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.types import Candidate, RoundTrace
 
 __all__ = ["RandomStrategy", "SegmentParams", "SegmentStrategy", "SingleParams", "SingleStrategy"]

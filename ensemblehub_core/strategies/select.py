@@ -16,42 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import EnsembleHubError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.tokens import piece_probabilities
 from ensemblehub_core.scorers.base import question_of
+from ensemblehub_core.strategies.params import DEFAULT_SELECT_TEMPLATE, SelectParams
 from ensemblehub_core.types import Message
 
 if TYPE_CHECKING:
     from ensemblehub_core.strategies.base import RunContext
 
-__all__ = ["DEFAULT_SELECT_TEMPLATE", "SelectParams", "confidence", "select_members", "selection_of"]
-
-DEFAULT_SELECT_TEMPLATE = (
-    "Here is a problem:\n\n{question}\n\nCan you solve this problem correctly? Answer with Yes or No only."
-)
+__all__ = ["confidence", "select_members", "selection_of"]
 
 _YES = (b"Yes", b" Yes", b"yes", b" yes", b"YES")
 _NO = (b"No", b" No", b"no", b" no", b"NO")
-
-
-class SelectParams(BaseModel):
-    """The optional selection step of any strategy.
-
-    Attributes:
-        method: ``judgment``: each member says whether it can solve the problem.
-        keep: How many members go on to the strategy.
-        template: The question put to each member, with ``{question}``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["judgment"] = "judgment"
-    keep: int = Field(default=1, ge=1)
-    template: str = DEFAULT_SELECT_TEMPLATE
 
 
 async def confidence(gen: Generator, question: str, template: str = DEFAULT_SELECT_TEMPLATE) -> float:

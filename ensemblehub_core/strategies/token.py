@@ -37,7 +37,8 @@ from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.tokens import Piece, TokenSession, ranked_pieces, text_only_message
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.base import RunContext, Strategy, StrategyParams, open_token_session
+from ensemblehub_core.strategies.base import RunContext, Strategy, open_token_session
+from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.strategies.vocab import UnionVocab, union_vocab
 from ensemblehub_core.types import Candidate, RoundTrace
 

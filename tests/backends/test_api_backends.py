@@ -17,10 +17,10 @@ from fastapi.responses import JSONResponse
 
 from benchmarks.openai_stub import Served, serve_in_thread
 from ensemblehub_core.config import MemberConfig
+from ensemblehub_core.context import BuildContext
 from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.exceptions import AllMembersFailed, CapabilityError, ConfigError, GeneratorError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
-from ensemblehub_core.hub import BuildContext
 from ensemblehub_core.pool import ModelPool
 from ensemblehub_core.registry import resolve
 from ensemblehub_core.strategies.base import MemberPolicy

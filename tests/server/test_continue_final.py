@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from ensemblehub_core.config import MemberConfig
+from ensemblehub_core.context import BuildContext
 from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.function import FunctionGenerator
-from ensemblehub_core.hub import BuildContext
 from ensemblehub_core.pool import ModelPool
 from ensemblehub_core.registry import resolve
 from ensemblehub_core.scorers.base import ScoreRequest

@@ -189,7 +189,7 @@ def run_rows(system: str, answers: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_comparer_counts_accuracy_like_the_engine(browser: Any, ui_server: Served, tmp_path: Path) -> None:
-    from ensemblehub_core.strategies.answers import answer_key, extract_auto
+    from ensemblehub_core.answers import answer_key, extract_auto
 
     runs = {
         "first.jsonl": run_rows("first", {"q1": "The answer is 7.", "q4": "\\boxed{4}"}),

@@ -11,6 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ensemblehub_core.answers import (
+    answer_key,
+    extract_auto,
+    extract_boxed,
+    extract_choice,
+    extract_last_number,
+)
 from ensemblehub_core.config import parse_config
 from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.exceptions import AllMembersFailed, CapabilityError, ConfigError
@@ -18,13 +25,6 @@ from ensemblehub_core.generators.base import SegmentRequest
 from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.hub import Hub
 from ensemblehub_core.scorers.function import FunctionScorer
-from ensemblehub_core.strategies.answers import (
-    answer_key,
-    extract_auto,
-    extract_boxed,
-    extract_choice,
-    extract_last_number,
-)
 from ensemblehub_core.strategies.ranking import PanelJudge, rank_candidates
 from ensemblehub_core.types import Candidate, Message
 from tests.fakes import broken

@@ -12,14 +12,8 @@ import pytest
 
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.generators.hf_tokens import TailEncoder, split_utf8, vocab_of
-from ensemblehub_core.strategies.vocab import (
-    EOS_UNION_ID,
-    MemberVocab,
-    byte_level_bytes,
-    clear_caches,
-    sentencepiece_bytes,
-    union_vocab,
-)
+from ensemblehub_core.generators.vocab import MemberVocab, byte_level_bytes, sentencepiece_bytes
+from ensemblehub_core.strategies.vocab import EOS_UNION_ID, clear_caches, union_vocab
 
 TEXTS = [
     "The capital of France is Paris. It has 2,148,271 inhabitants (2020)!\n\nNext: naïve café 😀 — ok?",

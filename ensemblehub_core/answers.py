@@ -16,6 +16,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from ensemblehub_core.exceptions import ConfigError
+from ensemblehub_core.registry import import_callable
 
 __all__ = [
     "EXTRACTORS",
@@ -120,8 +121,6 @@ def get_extractor(spec: str | Extractor, letters: str = "ABCDE") -> Extractor:
     if spec in EXTRACTORS:
         return EXTRACTORS[spec]
     if ":" in spec:
-        from ensemblehub_core.generators.function import import_callable
-
         return import_callable(spec, "strategy 'vote' extractor")
     raise ConfigError(
         f"unknown answer extractor '{spec}'; use one of {', '.join(EXTRACTORS)} or 'module:function'"
