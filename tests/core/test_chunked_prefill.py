@@ -27,7 +27,7 @@ def tiny() -> HFGenerator:
 
 
 def test_chunked_prefill_interleaves_decode_steps_and_gives_the_same_answer(tiny: HFGenerator) -> None:
-    req_long, req_short = SegmentRequest(max_new_tokens=8), SegmentRequest(max_new_tokens=40)
+    req_long, req_short = SegmentRequest(max_new_tokens=8), SegmentRequest(max_new_tokens=200)
     seen: list[list[int]] = []  # per chunk: tokens each running row had decoded so far
 
     async def main() -> tuple[Any, Any, int]:
@@ -43,7 +43,12 @@ def test_chunked_prefill_interleaves_decode_steps_and_gives_the_same_answer(tiny
         try:
             expected = await whole.complete(LONG, "", req_long)
             short = asyncio.ensure_future(chunked.complete(SHORT, "", req_short))
-            await asyncio.sleep(0.05)  # the short one is decoding when the long one arrives
+            # The short one is decoding when the long one arrives (waited for, not slept on: a busy machine
+            # may not have started it after a fixed sleep, or a fast one may have finished it).
+            deadline = asyncio.get_running_loop().time() + 60
+            while not any(r.new for r in chunked._rows):
+                assert asyncio.get_running_loop().time() < deadline and not short.done()
+                await asyncio.sleep(0.001)
             got = await chunked.complete(LONG, "", req_long)
             await short
         finally:
