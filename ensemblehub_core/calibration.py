@@ -179,8 +179,9 @@ def fit(records: Sequence[Record], panel: Any, members: Sequence[str]) -> Calibr
 
 
 def _features(record: Record, names: Sequence[str], conf: Any,
-              calibration: dict[str, tuple[float, float]]) -> list[list[float] | None]:
-    """Per candidate, every scorer's score (confidence under ``calibration``); None when any is missing."""
+              calibration: dict[str, tuple[float, float]] | None) -> list[list[float] | None]:
+    """Per candidate, every scorer's score (confidence under ``calibration``, None: the scorer's own); None when
+    any is missing."""
     out: list[list[float] | None] = []
     for i, c in enumerate(record.candidates):
         row: list[float] = []
@@ -200,7 +201,8 @@ def select_accuracy(records: Sequence[Record], panel: Any, weights: dict[str, fl
                     calibration: dict[str, tuple[float, float]] | None = None) -> float:
     """Share of records where the answer the weighted panel ranks first is right (ties: member order).
 
-    ``calibration`` maps the confidence scorer's values; without it they are used raw.
+    ``calibration`` maps the confidence scorer's values; without it, the scorer's configured calibration does
+    (the panel as configured).
     """
     if not records:
         return math.nan
@@ -210,7 +212,7 @@ def select_accuracy(records: Sequence[Record], panel: Any, weights: dict[str, fl
     conf = _confidence(panel)
     right = 0
     for r in records:
-        feats = _features(r, names, conf, calibration or {}) if names else [[] for _ in r.candidates]
+        feats = _features(r, names, conf, calibration) if names else [[] for _ in r.candidates]
         best, best_score = 0, -math.inf
         for i, row in enumerate(feats):
             if row is None:

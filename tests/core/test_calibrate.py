@@ -66,6 +66,11 @@ def test_calibrate_fits_reports_on_heldout_items_and_writes_a_config_that_loads(
                                  written["sure"][0] * -0.1 + written["sure"][1]])
     assert got[0] > got[1]  # type: ignore[operator]
 
+    # Calibrating the calibrated config again: the panel as configured already picks the right member.
+    assert main(["calibrate", "--config", str(out), "--ensemble", "pair", "--dev", str(dev),
+                 "--output", str(tmp_path / "again.yaml")]) == 0
+    assert "panel as configured: 1.000" in capsys.readouterr().out
+
 
 def test_calibrate_refuses_to_report_on_items_it_fitted_on(files, tmp_path, capsys):
     config, dev = files
