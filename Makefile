@@ -87,7 +87,7 @@ lint: install
 
 # Quality, core (overhead, growth), token-level, API-member concurrency, server throughput and failover benchmarks.
 bench: install bench-quality
-	$(BIN)/python -m benchmarks.run --only overhead --only growth
+	$(BIN)/python -m benchmarks.run --only overhead --only growth --only dtype
 	$(BIN)/python -m benchmarks.token_bench
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench

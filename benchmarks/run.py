@@ -1,4 +1,5 @@
-"""Core benchmarks (`make bench`): engine overhead, cost growth with answer length, and answer quality.
+"""Core benchmarks (`make bench`): engine overhead, cost growth with answer length, bf16 vs float32 on this machine,
+and answer quality.
 
     python -m benchmarks.run                      # all three, full sizes (100 MMLU + 50 arithmetic)
     python -m benchmarks.run --quick              # small sizes, for a smoke run
@@ -137,6 +138,51 @@ def growth(hub: Hub, marks: tuple[int, ...] = (64, 256, 512)) -> dict[str, Any]:
     return out
 
 
+# -- number format ------------------------------------------------------------------------------------------
+DTYPE_MODELS = ("embedded:smollm2-135m-instruct", "embedded:qwen2.5-coder-0.5b-instruct")
+
+
+def dtypes(prompt_tokens: int = 256, new_tokens: int = 32) -> dict[str, Any]:
+    """bf16 against float32 on this machine: a prefill of ``prompt_tokens`` and ``new_tokens`` greedy tokens per
+    model, and what ``dtype: auto`` picks here (bf16 only where the CPU computes it natively)."""
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.models.loader import auto_dtype, cpu_has_native_bf16
+    from ensemblehub_core.pool import ModelPool
+    from ensemblehub_core.types import Message
+
+    out: dict[str, Any] = {"auto": auto_dtype("cpu"), "native_bf16": cpu_has_native_bf16(), "models": {}}
+    rows = []
+    for source in DTYPE_MODELS:
+        timings: dict[str, dict[str, float]] = {}
+        for dtype in ("bfloat16", "float32"):
+            gen = HFGenerator(source.split(":")[1], ModelPool.default().get(ModelSpec(source=source, dtype=dtype)))
+            words = " ".join(f"w{i}" for i in range(prompt_tokens))
+            ids = gen.encode(words)[:prompt_tokens]
+            prompt = [Message(role="user", content=gen.loaded.tokenizer.decode(ids))]
+            request = SegmentRequest(max_new_tokens=new_tokens)
+            asyncio.run(gen.complete([Message(role="user", content="Hi")], "", SegmentRequest(max_new_tokens=2)))
+            t0 = time.perf_counter()
+            asyncio.run(gen.complete(prompt, "", SegmentRequest(max_new_tokens=1)))
+            prefill = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            cand = asyncio.run(gen.complete(prompt, "", request))
+            total = time.perf_counter() - t0
+            decode = max(total - prefill, 1e-9) / max(cand.token_count - 1, 1)
+            timings[dtype] = {"prefill_s": round(prefill, 3), "decode_ms_per_token": round(decode * 1000, 1)}
+            ModelPool.default().evict(ModelSpec(source=source, dtype=dtype))
+        b, f = timings["bfloat16"], timings["float32"]
+        ratio = {"prefill": round(b["prefill_s"] / f["prefill_s"], 2),
+                 "decode": round(b["decode_ms_per_token"] / f["decode_ms_per_token"], 2)}
+        out["models"][source] = {**timings, "bf16_over_fp32": ratio}
+        rows.append([source.split(":")[1], b["prefill_s"], f["prefill_s"], ratio["prefill"],
+                     b["decode_ms_per_token"], f["decode_ms_per_token"], ratio["decode"]])
+    table(f"Number format: bf16 vs float32, prefill of {prompt_tokens} tokens and greedy decode (time ratio "
+          "bf16 / fp32 > 1: bf16 is slower here)",
+          ["model", "bf16 prefill s", "fp32 prefill s", "ratio", "bf16 ms/tok", "fp32 ms/tok", "ratio"], rows)
+    print(f"dtype auto on this CPU: {out['auto']} (native bf16: {out['native_bf16']})")
+    return out
+
+
 # -- quality ------------------------------------------------------------------------------------------------
 OTHER_STRATEGIES = (
     "gac-duo", "vote-trio", "unite-duo", "best-of-duo", "vote-qwen-x5", "fuse-duo", "rank-duo", "gac-trio",
@@ -193,7 +239,7 @@ def quality(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    ap.add_argument("--only", choices=["overhead", "growth", "quality"], action="append")
+    ap.add_argument("--only", choices=["overhead", "growth", "dtype", "quality"], action="append")
     ap.add_argument("--mmlu", type=int, default=100)
     ap.add_argument("--arith", type=int, default=50)
     ap.add_argument("--strategies", action="store_true",
@@ -204,7 +250,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep quality figures already in the results file for systems rated on the same sizes")
     args = ap.parse_args()
-    sections = args.only or ["overhead", "growth", "quality"]
+    sections = args.only or ["overhead", "growth", "dtype", "quality"]
     hub = Hub()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (args.results or ("core-quick.json" if args.quick else "core.json"))
@@ -218,6 +264,8 @@ def main() -> None:
         save("overhead", overhead(hub, max_tokens=32 if args.quick else 64))
     if "growth" in sections:
         save("growth", growth(hub, (32, 64, 128) if args.quick else (64, 256, 512)))
+    if "dtype" in sections:
+        save("dtype", dtypes(64 if args.quick else 256, 8 if args.quick else 32))
     if "quality" in sections:
         done = existing.get("quality", {}) if args.resume else {}
         # Systems left out by --systems keep their saved figures: a partial run adds to the table.
