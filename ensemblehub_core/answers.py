@@ -6,17 +6,25 @@ are one answer), text case- and space-insensitively.
 
 Extractors by name: ``boxed`` (the last ``\\boxed{...}``), ``last_number``, ``choice`` (a multiple-choice
 letter), ``exact`` (the whole answer), ``auto`` (boxed, else an explicit "answer is ..." statement, else the
-last number, else the whole answer), or ``module:function`` naming any callable ``str -> str | None``.
+last number, else the whole answer), or ``module:function`` naming any callable ``str -> str | None``. An
+extractor that also takes a ``tools`` keyword is given the request's tools (`with_tools`), as
+`ensemblehub_core.tools.extract_tool_calls` needs them to read an answer's calls.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.registry import import_callable
+
+if TYPE_CHECKING:
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = [
     "EXTRACTORS",
@@ -29,6 +37,7 @@ __all__ = [
     "extract_last_number",
     "get_extractor",
     "parse_number",
+    "with_tools",
 ]
 
 #: Full answer text → final answer, or None when there is none.
@@ -125,6 +134,28 @@ def get_extractor(spec: str | Extractor, letters: str = "ABCDE") -> Extractor:
     raise ConfigError(
         f"unknown answer extractor '{spec}'; use one of {', '.join(EXTRACTORS)} or 'module:function'"
     )
+
+
+def with_tools(extract: Extractor, tools: ToolSpec | None) -> Extractor:
+    """``extract`` given the request's tools, when it takes a ``tools`` keyword; any other extractor reads the
+    text alone and is returned as it is.
+
+    Args:
+        extract: An extractor (see `get_extractor`).
+        tools: The request's tools (None when it offered none).
+    """
+    if tools is None or not _takes_tools(extract):
+        return extract
+    takes_tools: Callable[..., str | None] = extract  # checked just above: it has a ``tools`` parameter
+    return functools.partial(takes_tools, tools=tools)
+
+
+def _takes_tools(extract: Extractor) -> bool:
+    try:
+        param = inspect.signature(extract).parameters.get("tools")
+    except (TypeError, ValueError):  # a callable without a signature Python can read (some builtins)
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
 
 
 def parse_number(text: str) -> Fraction | None:

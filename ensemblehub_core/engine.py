@@ -26,7 +26,7 @@ from ensemblehub_core.strategies.base import MemberPolicy, RunContext, Strategy,
 from ensemblehub_core.strategies.breaker import CircuitBreaker
 from ensemblehub_core.strategies.segment import lone_round
 from ensemblehub_core.strategies.select import select_members, selection_of
-from ensemblehub_core.tools import ToolCallFilter, ToolSpec, using_tools
+from ensemblehub_core.tools import ToolCallFilter, ToolSpec
 from ensemblehub_core.types import (
     GENERATION_KEYS,
     Candidate,
@@ -225,6 +225,7 @@ class Ensemble:
         ctx = RunContext(
             messages=messages,
             prefix=prefix,
+            tools=spec,
             params=gen_params,
             members=self.members,
             panel=self.panel,
@@ -239,13 +240,10 @@ class Ensemble:
         streamed = ""  # text of the round in progress already sent as deltas
         try:
             while True:
-                # The tools are set for each step of the strategy only: a sync consumer drives every step
-                # in a fresh task, and the setting must not leak into the consumer's own context.
-                with using_tools(spec):
-                    try:
-                        item = await anext(agen)
-                    except StopAsyncIteration:
-                        break
+                try:
+                    item = await anext(agen)
+                except StopAsyncIteration:
+                    break
                 if isinstance(item, TextDelta):
                     streamed += item.text
                     text = calls.feed(item.text) if calls is not None else item.text

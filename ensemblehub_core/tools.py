@@ -16,18 +16,17 @@ A forced ``tool_choice`` (``required`` or a tool's name) is honoured by prefilli
 the prompt of local members (``ToolSpec.prefill``): the model then has to continue a call, which is what a
 constrained decoder would enforce for its first tokens.
 
-The request's `ToolSpec` reaches the members through a context variable that the engine sets while its
-strategy runs (`using_tools` / `active_tools`), so every strategy passes tools on without threading them.
+The request's `ToolSpec` travels with the run (``RunContext.tools``): strategies give it to the members' sessions
+when they open them, to one-shot calls on their ``SegmentRequest`` and to scorers on their ``ScoreRequest``.
+Judges and selectors, which write their own prompts, are given none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +38,6 @@ __all__ = [
     "TOOL_CALL_OPEN",
     "ToolCallFilter",
     "ToolSpec",
-    "active_tools",
     "extract_tool_calls",
     "format_tool_call",
     "messages_with_tool_text",
@@ -47,7 +45,6 @@ __all__ = [
     "parse_tool_calls",
     "tool_call_signature",
     "tools_system_prompt",
-    "using_tools",
     "with_system_note",
 ]
 
@@ -55,8 +52,6 @@ TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 _CHOICE_ALIASES = {"any": "required", "auto": "auto", "none": "none", "required": "required"}
 _FENCE = re.compile(r"```[a-zA-Z]*[ \t]*\n?")
-
-_ACTIVE: ContextVar[ToolSpec | None] = ContextVar("ensemblehub_tools", default=None)
 
 
 def normalize_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,21 +182,6 @@ def _normalize_choice(choice: Any) -> str:
     if isinstance(choice, str) and choice:
         return _CHOICE_ALIASES.get(choice, choice)
     raise InputError(f"tool_choice must be auto, none, required or a tool's name, got {choice!r}")
-
-
-def active_tools() -> ToolSpec | None:
-    """The tools of the request being run in this context (None outside a run or when it offered none)."""
-    return _ACTIVE.get()
-
-
-@contextlib.contextmanager
-def using_tools(spec: ToolSpec | None) -> Iterator[None]:
-    """Make ``spec`` the active tools for the code run inside (and the tasks and threads it starts)."""
-    token = _ACTIVE.set(spec)
-    try:
-        yield
-    finally:
-        _ACTIVE.reset(token)
 
 
 # -- what members see --------------------------------------------------------------------------------------
@@ -363,14 +343,19 @@ def tool_call_signature(call: ToolCall) -> str:
     return f"{call.name}:{json.dumps(norm(call.arguments), sort_keys=True, ensure_ascii=False)}"
 
 
-def extract_tool_calls(text: str) -> str | None:
+def extract_tool_calls(text: str, tools: ToolSpec | None = None) -> str | None:
     """A vote extractor (``extractor: ensemblehub_core.tools:extract_tool_calls``): the signatures of the
-    calls one full answer makes under the active tools, or None when it makes none.
+    calls one full answer makes under the request's tools, or None when it makes none.
 
     Answers that make the same calls (same names, same normalised arguments) get one key, so a vote
-    strategy counts them together and keeps one of them.
+    strategy counts them together and keeps one of them. The strategy passes the request's tools (see
+    `ensemblehub_core.answers.with_tools`).
+
+    Args:
+        text: One full answer.
+        tools: The request's tools (None: none offered, so the answer makes no call).
     """
-    spec = active_tools()
+    spec = tools
     if spec is None or not spec.visible:
         return None
     raw = text if not spec.prefill or text.lstrip().startswith(TOOL_CALL_OPEN) else spec.prefill + text

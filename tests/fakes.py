@@ -7,7 +7,6 @@ import json
 from collections.abc import Sequence
 
 from ensemblehub_core.generators.base import SegmentRequest
-from ensemblehub_core.tools import active_tools
 from ensemblehub_core.types import Message
 
 STEPS = ["Step one: 6 * 7.\n\n", "Step two: that is 42.\n\n", "The answer is 42."]
@@ -35,7 +34,7 @@ def prefers_steps(request: object, candidate: object) -> float:
 def tool_user(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
     """Calls the first offered tool (arguments from the tool's schema) unless a tool already answered; then
     answers from the tool's result. Honours a forced call's prefill as a local model would."""
-    spec = active_tools()
+    spec = request.tools
     last = messages[-1]
     if last.role == "tool":
         return f"The tool says: {last.content}"

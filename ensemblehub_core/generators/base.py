@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ensemblehub_core.types import Candidate, GenerationParams, Message, TokenLogprob
@@ -36,6 +36,8 @@ class SegmentRequest:
         seed: Sampling seed (None: nondeterministic).
         on_text: Called as the text grows, with all of it that is settled so far (a backend that decodes token
             by token calls it; it may be called from a worker thread). The candidate stays the authority.
+        tools: The request's tools, for one-shot calls (`Generator.complete`, `complete_many`, a batcher): they
+            change the prompt. A session is given them when it is opened and sets them here itself.
     """
 
     max_new_tokens: int
@@ -45,6 +47,7 @@ class SegmentRequest:
     top_p: float = 1.0
     seed: int | None = None
     on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    tools: ToolSpec | None = field(default=None, repr=False)  # whole JSON schemas: too long for a repr
 
     @classmethod
     def for_answer(
@@ -141,13 +144,16 @@ class Generator(ABC):
     #: Can score a written answer token by token (`answer_logprobs`).
     supports_answer_logprobs: ClassVar[bool] = False
 
-    def answer_logprobs(self, messages: Sequence[Message], text: str, top_k: int = 0) -> list[TokenLogprob]:
+    def answer_logprobs(
+        self, messages: Sequence[Message], text: str, top_k: int = 0, *, tools: ToolSpec | None = None
+    ) -> list[TokenLogprob]:
         """Each token of ``text``, as the answer to ``messages``, with its log-probability under this model.
 
         Args:
             messages: The conversation the answer replies to.
             text: The answer, re-encoded with this member's tokenizer.
             top_k: How many of the most likely tokens to list at each position.
+            tools: The tools the answer was written under (they are part of its prompt).
 
         Raises:
             CapabilityError: this backend cannot score text (``supports_answer_logprobs`` is False).
@@ -186,20 +192,27 @@ class Generator(ABC):
         """
         return None
 
-    def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
+    def open_session(
+        self, messages: Sequence[Message], *, incremental: bool = True, tools: ToolSpec | None = None
+    ) -> GeneratorSession:
         """Start building one answer.
 
         Args:
             messages: The conversation.
             incremental: Keep backend state across rounds where the backend can; False forces the
                 re-send-everything behaviour (used to measure what incremental decoding saves).
+            tools: The request's tools (None: none offered); the prompt is rendered with them.
         """
-        return PrefixSession(self, messages)
+        return PrefixSession(self, messages, tools=tools)
 
-    def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> TokenSession:
         """Start a token-level view of one answer (token-level strategies, logit judges).
 
         Backends that set ``supports_distributions`` (or ``supports_top_logprobs``) override this.
+
+        Args:
+            messages: The conversation.
+            tools: The request's tools (None: none offered); the prompt is rendered with them.
 
         Raises:
             CapabilityError: this backend cannot expose next-token distributions.
@@ -226,15 +239,16 @@ class Generator(ABC):
 
 
 class PrefixSession(GeneratorSession):
-    """Stateless session: keeps the prefix as text and re-sends it with every call."""
+    """Stateless session: keeps the prefix as text and re-sends it with every call (with the session's tools)."""
 
-    def __init__(self, generator: Generator, messages: Sequence[Message]) -> None:
+    def __init__(self, generator: Generator, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> None:
         self.generator = generator
         self.messages = list(messages)
+        self.tools = tools
         self.prefix = ""
 
     async def generate(self, request: SegmentRequest) -> Candidate:
-        cand = await self.generator.complete(self.messages, self.prefix, request)
+        cand = await self.generator.complete(self.messages, self.prefix, replace(request, tools=self.tools))
         self.prompt_tokens = cand.prompt_tokens
         return cand
 

@@ -1,9 +1,9 @@
 """`FunctionGenerator`: a member backed by a plain Python function, for tests and prototyping.
 
-The function gets the conversation, the accepted prefix and the request, and returns the continuation it would
-write if nothing stopped it. Budgets, stop strings and delimiters are applied here over whitespace-separated
-"tokens", the way a real backend would apply them over its tokenizer's tokens. It can be sync or async, and it may
-raise to simulate a failing member.
+The function gets the conversation, the accepted prefix and the request (``request.tools`` holds the tools the
+member is offered), and returns the continuation it would write if nothing stopped it. Budgets, stop strings and
+delimiters are applied here over whitespace-separated "tokens", the way a real backend would apply them over its
+tokenizer's tokens. It can be sync or async, and it may raise to simulate a failing member.
 """
 
 from __future__ import annotations

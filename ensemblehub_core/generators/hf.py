@@ -18,7 +18,7 @@ from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.generators._hf_common import HFBase
 from ensemblehub_core.generators.base import GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.models.loader import end_of_turn_id
-from ensemblehub_core.tools import ToolSpec, active_tools
+from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Candidate, Message, TokenLogprob
 
 if TYPE_CHECKING:
@@ -85,19 +85,21 @@ class HFGenerator(HFBase):
                           prompt_format, system_prompt)
 
     # -- generation ----------------------------------------------------------------------------------------
-    def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
+    def open_session(
+        self, messages: Sequence[Message], *, incremental: bool = True, tools: ToolSpec | None = None
+    ) -> GeneratorSession:
         if not incremental:
-            return PrefixSession(self, messages)
-        return HFSession(self, messages, tools=active_tools())
+            return PrefixSession(self, messages, tools=tools)
+        return HFSession(self, messages, tools=tools)
 
-    def open_token_session(self, messages: Sequence[Message]) -> HFTokenSession:
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> HFTokenSession:
         """Next-token logits over a growing answer, with the KV cache kept (see `generators.hf_tokens`)."""
         from ensemblehub_core.generators.hf_tokens import HFTokenSession
 
-        return HFTokenSession(self, messages, tools=active_tools())
+        return HFTokenSession(self, messages, tools=tools)
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
-        session = HFSession(self, messages, prefix=prefix, tools=active_tools())
+        session = HFSession(self, messages, prefix=prefix, tools=request.tools)
         try:
             return await session.generate(request)
         finally:
@@ -108,13 +110,14 @@ class HFGenerator(HFBase):
     ) -> list[Candidate]:
         if len(prompts) <= 1:
             return [await self.complete(m, p, request) for m, p in prompts]
-        tools = active_tools()
-        ids = [self.encode_prompt(m, tools) + self.encode(p) for m, p in prompts]
+        ids = [self.encode_prompt(m, request.tools) + self.encode(p) for m, p in prompts]
         return await asyncio.to_thread(self._batch_decode, ids, request)
 
-    def answer_logprobs(self, messages: Sequence[Message], text: str, top_k: int = 0) -> list[TokenLogprob]:
+    def answer_logprobs(
+        self, messages: Sequence[Message], text: str, top_k: int = 0, *, tools: ToolSpec | None = None
+    ) -> list[TokenLogprob]:
         """One forward pass over prompt + answer; each answer token's log-probability and the top ``top_k``."""
-        prompt = self.encode_prompt(messages, active_tools())
+        prompt = self.encode_prompt(messages, tools)
         return self.token_logprobs(prompt + self.encode(text), len(prompt), top_k)
 
     def score_prompt(self, prompt: str | Sequence[int], top_k: int = 0, *, extend: bool = False

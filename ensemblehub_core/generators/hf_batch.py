@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import GeneratorError
 from ensemblehub_core.generators.base import SegmentRequest
-from ensemblehub_core.tools import active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -115,7 +114,7 @@ class StepBatcher:
             GeneratorError: the model failed, or the batcher was closed.
         """
         m = self.member
-        prompt = m.encode_prompt(messages, active_tools()) + m.encode(prefix)
+        prompt = m.encode_prompt(messages, request.tools) + m.encode(prefix)
         row = _Row(prompt=prompt, request=request, future=concurrent.futures.Future(),
                    budget=min(request.max_new_tokens, m.context_length - len(prompt)))
         with self._cond:

@@ -44,7 +44,6 @@ from ensemblehub_core.generators._api import (
     tool_fields,
 )
 from ensemblehub_core.generators.base import Generator, SegmentRequest
-from ensemblehub_core.tools import active_tools
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -111,7 +110,7 @@ class LiteLLMGenerator(Generator):
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         litellm = _litellm()
         started = time.perf_counter()
-        tools = active_tools()
+        tools = request.tools
         msgs, extra_body = chat_payload(messages, prefix, self.prefix_mode)
         args: dict[str, Any] = {
             **self.extra,

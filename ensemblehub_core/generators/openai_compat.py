@@ -54,7 +54,7 @@ from ensemblehub_core.generators._api import (
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.prompting import render_plain
 from ensemblehub_core.generators.tokens import Piece, TokenSession
-from ensemblehub_core.tools import ToolSpec, active_tools
+from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class OpenAICompatGenerator(Generator):
             weakref.WeakKeyDictionary()
         )
 
-    def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> TokenSession:
         """Top-k next-token view through the completions endpoint's ``logprobs`` (completions mode only).
 
         Raises:
@@ -148,7 +148,7 @@ class OpenAICompatGenerator(Generator):
                 "answer; set options.mode: completions (with a prompt_format) to use it in 'unite', or use a "
                 "response-level strategy or segment"
             )
-        msgs, prefill = text_route(messages, active_tools())
+        msgs, prefill = text_route(messages, tools)
         return APITokenSession(self, self.prompt_format.replace("{input}", render_plain(msgs)) + prefill)
 
     def __repr__(self) -> str:
@@ -171,7 +171,7 @@ class OpenAICompatGenerator(Generator):
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         started = time.perf_counter()
-        tools = active_tools()
+        tools = request.tools
         try:
             if self.mode == "completions":
                 return await self._completions(messages, prefix, request, started, tools)

@@ -28,7 +28,7 @@ from ensemblehub_core.generators.base import Generator, GeneratorSession, Prefix
 from ensemblehub_core.generators.hf_tokens import RetokenizedSession, TailEncoder
 from ensemblehub_core.generators.prompting import TokenizerPrompt
 from ensemblehub_core.generators.tokens import Piece, ranked_pieces
-from ensemblehub_core.tools import ToolSpec, active_tools
+from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Candidate, Message
 
 if TYPE_CHECKING:
@@ -137,12 +137,14 @@ class VLLMGenerator(TokenizerPrompt, Generator):
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         self.setup_prompt(engine.folder, has_template, engine.context_length, prompt_format, system_prompt)
 
-    def open_session(self, messages: Sequence[Message], *, incremental: bool = True) -> GeneratorSession:
+    def open_session(
+        self, messages: Sequence[Message], *, incremental: bool = True, tools: ToolSpec | None = None
+    ) -> GeneratorSession:
         # Re-sending the prefix is what the prefix cache is for: the engine skips the blocks it holds.
-        return PrefixSession(self, messages)
+        return PrefixSession(self, messages, tools=tools)
 
-    def open_token_session(self, messages: Sequence[Message]) -> VLLMTokenSession:
-        return VLLMTokenSession(self, messages, tools=active_tools())
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> VLLMTokenSession:
+        return VLLMTokenSession(self, messages, tools=tools)
 
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         return (await self.complete_many([(messages, prefix)], request))[0]
@@ -150,8 +152,7 @@ class VLLMGenerator(TokenizerPrompt, Generator):
     async def complete_many(
         self, prompts: Sequence[tuple[Sequence[Message], str]], request: SegmentRequest
     ) -> list[Candidate]:
-        tools = active_tools()
-        ids = [self.encode_prompt(m, tools) + self.encode(p) for m, p in prompts]
+        ids = [self.encode_prompt(m, request.tools) + self.encode(p) for m, p in prompts]
         return await asyncio.to_thread(self._run, ids, request)
 
     def sampling_params(self, request: SegmentRequest, budget: int, logprobs: int | None = None) -> Any:

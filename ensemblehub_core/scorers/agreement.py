@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from ensemblehub_core.answers import answer_key, get_extractor
+from ensemblehub_core.answers import Extractor, answer_key, get_extractor, with_tools
 from ensemblehub_core.exceptions import ConfigError
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest
 from ensemblehub_core.types import Candidate
@@ -64,9 +64,10 @@ class AgreementScorer(Scorer):
         cands = request.candidates
         if len(cands) < 2:
             return [None] * len(cands)
-        mode = self._mode(cands)
+        extract = with_tools(self.extract, request.tools)
+        mode = self._mode(cands, extract)
         if mode == "answer":
-            keys = [self._key(c) for c in cands]
+            keys = [_key(c, extract) for c in cands]
             return [None if k is None else _mean([float(k == o) for j, o in enumerate(keys) if j != i])
                     for i, k in enumerate(keys)]
         if mode == "embedding":
@@ -76,21 +77,22 @@ class AgreementScorer(Scorer):
         return [_mean([word_overlap(c.text, o.text) for j, o in enumerate(cands) if j != i])
                 for i, c in enumerate(cands)]
 
-    def _mode(self, cands: Sequence[Candidate]) -> str:
+    def _mode(self, cands: Sequence[Candidate], extract: Extractor) -> str:
         if self.similarity != "auto":
             return self.similarity
-        if all(c.ended for c in cands) and all(self._key(c) is not None for c in cands):
+        if all(c.ended for c in cands) and all(_key(c, extract) is not None for c in cands):
             return "answer"
         if self._embedder is None:
             self._embedder = _load_embedder(required=False) or False
         return "embedding" if self._embedder else "overlap"
 
-    def _key(self, cand: Candidate) -> str | None:
-        try:
-            value = self.extract(cand.text)
-        except Exception:  # a user extractor failing on one text costs that text its answer, not the round
-            return None
-        return None if value is None else answer_key(value)
+
+def _key(cand: Candidate, extract: Extractor) -> str | None:
+    try:
+        value = extract(cand.text)
+    except Exception:  # a user extractor failing on one text costs that text its answer, not the round
+        return None
+    return None if value is None else answer_key(value)
 
 
 def _mean(values: Sequence[float]) -> float | None:

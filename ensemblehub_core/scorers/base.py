@@ -10,17 +10,21 @@ import asyncio
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ensemblehub_core.exceptions import EnsembleHubError, ScorerError
 from ensemblehub_core.types import Candidate, Message
+
+if TYPE_CHECKING:
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = ["PanelResult", "ScoreRequest", "Scorer", "ScoringPanel", "best_index", "question_of"]
 
 
 @dataclass(kw_only=True)
 class ScoreRequest:
-    """What a scorer sees: the conversation, the accepted prefix, the candidates to rate.
+    """What a scorer sees: the conversation, the accepted prefix, the candidates to rate, and the request's tools
+    (part of the prompt the members answered; a scorer that renders that prompt renders them too).
 
     ``state`` is scratch space that lives as long as one answer, so a scorer can keep e.g. a KV cache of the
     prefix from round to round. Key it by ``id(self)``. ``notes`` collects what a scorer wants the trace to say
@@ -30,6 +34,7 @@ class ScoreRequest:
     messages: list[Message]
     prefix: str
     candidates: list[Candidate]
+    tools: ToolSpec | None = field(default=None, repr=False)
     state: dict[Any, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

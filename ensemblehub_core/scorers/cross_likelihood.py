@@ -38,7 +38,7 @@ class CrossLikelihoodScorer(Scorer):
             missing = [i for i, s in enumerate(own) if s is None]
             if missing:
                 sub = ScoreRequest(messages=request.messages, prefix=request.prefix, state=request.state,
-                                   candidates=[request.candidates[i] for i in missing])
+                                   tools=request.tools, candidates=[request.candidates[i] for i in missing])
                 for i, s in zip(missing, judge.score(sub), strict=True):
                     own[i] = s
             out[judge.name] = own

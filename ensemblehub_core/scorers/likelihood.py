@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.scorers.base import Scorer, ScoreRequest
-from ensemblehub_core.tools import active_tools
 from ensemblehub_core.types import Candidate
 
 __all__ = ["LikelihoodScorer"]
@@ -33,7 +32,7 @@ class LikelihoodScorer(Scorer):
         from ensemblehub_core._torch import PrefixCache, device_lock
 
         # Score under the prompt the members answered (their tools and a forced call's start included).
-        context = self.gen.encode_prompt(request.messages, active_tools()) + self.gen.encode(request.prefix)
+        context = self.gen.encode_prompt(request.messages, request.tools) + self.gen.encode(request.prefix)
         cache = request.state.setdefault(id(self), PrefixCache(self.gen.model))
         scores: list[float | None] = []
         with device_lock(str(self.gen.model.device)):

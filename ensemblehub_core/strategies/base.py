@@ -24,6 +24,7 @@ from ensemblehub_core.types import Candidate, GenerationParams, Message, RoundTr
 if TYPE_CHECKING:
     from ensemblehub_core.generators.tokens import TokenSession
     from ensemblehub_core.strategies.breaker import RequestBreaker
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = [
     "MemberPolicy", "RunContext", "Strategy", "TextDelta", "gather_candidates", "make_strategy",
@@ -70,6 +71,9 @@ class RunContext:
     #: The start of the answer, given by the caller (a final assistant message to continue); every member
     #: continues it, and it is not part of the result's text.
     prefix: str = ""
+    #: The request's tools (None: none offered). Members' sessions and the scorers get them; a judge or
+    #: selector writing its own prompt does not.
+    tools: ToolSpec | None = None
     # outcome, set by the strategy
     finish_reason: str = "length"
     prompt_tokens: int = 0
@@ -113,16 +117,17 @@ class Strategy(ABC):
 def open_session(
     gen: Generator, ctx: RunContext, messages: Sequence[Message] | None = None, **kwargs: Any
 ) -> GeneratorSession:
-    """``gen``'s session on ``messages`` (default: the run's conversation), already past ``ctx.prefix``."""
-    session = gen.open_session(list(ctx.messages if messages is None else messages), **kwargs)
+    """``gen``'s session on ``messages`` (default: the run's conversation) with the run's tools, already past
+    ``ctx.prefix``."""
+    session = gen.open_session(list(ctx.messages if messages is None else messages), tools=ctx.tools, **kwargs)
     if ctx.prefix:
         session.accept(ctx.prefix)
     return session
 
 
 def open_token_session(gen: Generator, ctx: RunContext) -> TokenSession:
-    """``gen``'s token-level session on the run's conversation, already past ``ctx.prefix``."""
-    session = gen.open_token_session(ctx.messages)
+    """``gen``'s token-level session on the run's conversation with the run's tools, already past ``ctx.prefix``."""
+    session = gen.open_token_session(ctx.messages, tools=ctx.tools)
     if ctx.prefix:
         session.append(ctx.prefix.encode())
     return session

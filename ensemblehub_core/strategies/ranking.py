@@ -17,12 +17,15 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.generators.tokens import piece_probabilities
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, question_of
 from ensemblehub_core.types import Candidate, Message
+
+if TYPE_CHECKING:
+    from ensemblehub_core.tools import ToolSpec
 
 __all__ = ["DEFAULT_PAIR_TEMPLATE", "MemberJudge", "PairJudge", "PanelJudge", "Ranking", "rank_candidates"]
 
@@ -94,10 +97,7 @@ class MemberJudge(PairJudge):
         return self._seen[key]
 
     def _by_logits(self, prompt: list[Message]) -> float:
-        from ensemblehub_core.tools import using_tools
-
-        with using_tools(None):  # the judge's own prompt: the request's tools do not belong in it
-            session = self.gen.open_token_session(prompt)
+        session = self.gen.open_token_session(prompt)  # the judge's own prompt: no tools
         try:
             pa, pb = piece_probabilities(session, [(b"A", b" A"), (b"B", b" B")])
         finally:
@@ -111,18 +111,24 @@ class MemberJudge(PairJudge):
 
 
 class PanelJudge(PairJudge):
-    """Compares the answers' scores from a scorer panel (scored once per ranking)."""
+    """Compares the answers' scores from a scorer panel (scored once per ranking).
+
+    Args:
+        panel: The scorers.
+        tools: The request's tools, for scorers that render the prompt the answers were written under.
+    """
 
     symmetric: ClassVar[bool] = True
 
-    def __init__(self, panel: ScoringPanel) -> None:
+    def __init__(self, panel: ScoringPanel, *, tools: ToolSpec | None = None) -> None:
         self.panel = panel
+        self.tools = tools
         self.name = "panel:" + "+".join(panel.names)
         self.scores: list[float | None] = []
 
     async def prepare(self, messages: Sequence[Message], candidates: Sequence[Candidate]) -> None:
         result = await self.panel.score(
-            ScoreRequest(messages=list(messages), prefix="", candidates=list(candidates))
+            ScoreRequest(messages=list(messages), prefix="", candidates=list(candidates), tools=self.tools)
         )
         self.scores = result.combined
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ensemblehub_core.answers import Extractor, answer_key, get_extractor
+from ensemblehub_core.answers import Extractor, answer_key, get_extractor, with_tools
 from ensemblehub_core.exceptions import AllMembersFailed, ConfigError
 from ensemblehub_core.generators.base import Generator, SegmentRequest
 from ensemblehub_core.scorers.base import ScoreRequest, ScoringPanel, best_index
@@ -201,7 +201,9 @@ async def _score(ctx: RunContext, cands: list[Candidate]) -> tuple[list[float | 
     if ctx.panel is None:
         return [None] * len(cands), {}, 0.0
     started = now()
-    result = await ctx.panel.score(ScoreRequest(messages=ctx.messages, prefix=ctx.prefix, candidates=cands))
+    result = await ctx.panel.score(
+        ScoreRequest(messages=ctx.messages, prefix=ctx.prefix, candidates=cands, tools=ctx.tools)
+    )
     if result.notes:
         ctx.extra.setdefault("score_notes", []).extend(result.notes)
     return result.combined, result.by_scorer, now() - started
@@ -282,7 +284,8 @@ class VoteStrategy(_ResponseStrategy):
         score_s = 0.0
         if self.params.weighting != "none" or len(cands) > 1:  # scores also pick the text of the winner
             scores, by_scorer, score_s = await _score(ctx, cands)
-        extracted = [self._extract(c.text) for c in cands]
+        extract = with_tools(self.extract, ctx.tools)
+        extracted = [_extracted(extract, c.text) for c in cands]
         tallies = self.tally(extracted, scores, answers.labels)
         win, note = self._winner(tallies, extracted, scores)
         ctx.extra["votes"] = [
@@ -298,13 +301,6 @@ class VoteStrategy(_ResponseStrategy):
         ctx.extra["answers"] = dict(zip(answers.labels, extracted, strict=True))
         ctx.extra["winner_answer"] = tallies[0].answer if tallies else None
         yield self.finish(ctx, answers, win, scores, scorer_scores=by_scorer, score_s=score_s, note=note)
-
-    def _extract(self, text: str) -> str | None:
-        try:
-            value = self.extract(text)
-        except Exception:  # a user extractor that fails on one answer costs that answer its vote, not the run
-            return None
-        return None if value is None or not str(value).strip() else str(value).strip()
 
     def tally(
         self, extracted: list[str | None], scores: list[float | None], labels: list[str]
@@ -350,6 +346,15 @@ class VoteStrategy(_ResponseStrategy):
         ):
             note += " (a tie, broken by first appearance)"
         return win, note
+
+
+def _extracted(extract: Extractor, text: str) -> str | None:
+    """One answer's final answer, stripped; None when it has none."""
+    try:
+        value = extract(text)
+    except Exception:  # a user extractor that fails on one answer costs that answer its vote, not the run
+        return None
+    return None if value is None or not str(value).strip() else str(value).strip()
 
 
 class RankParams(ResponseParams):
@@ -401,7 +406,7 @@ class _RankingStrategy(_ResponseStrategy):
         elif ctx.panel is None:
             raise self._no_judge()
         else:
-            judge = PanelJudge(ctx.panel)
+            judge = PanelJudge(ctx.panel, tools=ctx.tools)
         return await rank_candidates(
             judge, ctx.messages, answers.candidates, answers.labels, mode=p.mode, swap=p.swap
         )

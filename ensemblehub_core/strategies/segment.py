@@ -80,7 +80,8 @@ class SegmentStrategy(Strategy):
             trace.scores = [None] * len(cands)
             return 0
         result = await ctx.panel.score(
-            ScoreRequest(messages=ctx.messages, prefix=ctx.prefix + prefix, candidates=cands, state=state)
+            ScoreRequest(messages=ctx.messages, prefix=ctx.prefix + prefix, candidates=cands, state=state,
+                         tools=ctx.tools)
         )
         trace.scores, trace.scorer_scores = result.combined, result.by_scorer
         if result.notes:

@@ -49,10 +49,7 @@ async def confidence(gen: Generator, question: str, template: str = DEFAULT_SELE
 
 
 def _by_logits(gen: Generator, prompt: list[Message]) -> float:
-    from ensemblehub_core.tools import using_tools
-
-    with using_tools(None):
-        session = gen.open_token_session(prompt)
+    session = gen.open_token_session(prompt)  # the selector's own prompt: no tools
     try:
         yes, no = piece_probabilities(session, [_YES, _NO])
     finally:

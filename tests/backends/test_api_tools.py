@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from benchmarks.openai_stub import Served, serve_in_thread
 from ensemblehub_core.engine import Ensemble
 from ensemblehub_core.generators.base import Generator, SegmentRequest
-from ensemblehub_core.tools import ToolSpec, extract_tool_calls, using_tools
+from ensemblehub_core.tools import ToolSpec, extract_tool_calls
 from ensemblehub_core.types import Message
 from tests.backends.conftest import scorer
 from tests.backends.test_api_backends import member
@@ -173,8 +173,7 @@ def test_broken_arguments_stay_text(server: Served) -> None:
                             completion_tokens=8, prompt_tokens=1, started=0.0,
                             calls=[("get_weather", '{"loca')])
     assert cand.finish_reason == "length"
-    with using_tools(ToolSpec.from_params([WEATHER])):
-        assert extract_tool_calls(cand.text) is None
+    assert extract_tool_calls(cand.text, ToolSpec.from_params([WEATHER])) is None
 
 
 # -- tool turns of the conversation ---------------------------------------------------------------------------

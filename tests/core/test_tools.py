@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from ensemblehub_core.answers import extract_exact, with_tools
 from ensemblehub_core.engine import Ensemble, to_messages
 from ensemblehub_core.exceptions import InputError
 from ensemblehub_core.generators.base import SegmentRequest
@@ -15,13 +16,11 @@ from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.tools import (
     ToolCallFilter,
     ToolSpec,
-    active_tools,
     extract_tool_calls,
     format_tool_call,
     messages_with_tool_text,
     parse_tool_calls,
     tool_call_signature,
-    using_tools,
 )
 from ensemblehub_core.types import Message, ToolCall
 
@@ -110,13 +109,16 @@ def test_signature_ignores_key_order_and_padding() -> None:
     assert tool_call_signature(a) != tool_call_signature(ToolCall(id="3", name="g", arguments=a.arguments))
 
 
-def test_vote_extractor_reads_calls_under_the_active_tools() -> None:
+def test_vote_extractor_reads_calls_under_the_request_tools() -> None:
     assert extract_tool_calls('<tool_call>{"name": "get_weather", "arguments": {}}</tool_call>') is None
-    with using_tools(spec("get_weather")):
-        assert active_tools() is not None
-        assert extract_tool_calls('"location": "Rome"}}\n</tool_call>') == 'get_weather:{"location": "Rome"}'
-        assert extract_tool_calls("Sorry, no.") is None
-    assert active_tools() is None
+    forced = spec("get_weather")
+    assert extract_tool_calls('"location": "Rome"}}\n</tool_call>', forced) == 'get_weather:{"location": "Rome"}'
+    assert extract_tool_calls("Sorry, no.", forced) is None
+    # The vote strategy gives the extractor the request's tools; other extractors read the text alone.
+    bound = with_tools(extract_tool_calls, forced)
+    assert bound('"location": "Rome"}}\n</tool_call>') == 'get_weather:{"location": "Rome"}'
+    assert with_tools(extract_tool_calls, None) is extract_tool_calls
+    assert with_tools(extract_exact, forced) is extract_exact
 
 
 # -- streaming filter ------------------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ def test_to_messages_reads_openai_tool_turns() -> None:
 
 # -- the engine ------------------------------------------------------------------------------------------------
 def caller(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
-    s = active_tools()
+    s = request.tools
     if s is None:
         return "No tools."
     call = format_tool_call(s.names[-1], {"location": "Rome"})

@@ -19,6 +19,7 @@ from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.generators.hf_tokens import HFTokenSession, vocab_of
 from ensemblehub_core.generators.tokens import Piece, TokenSession
+from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Candidate, Message
 from tests.strategies.fakes import says
 
@@ -38,8 +39,8 @@ class TopKOnly(Generator):
     async def complete(self, messages: Sequence[Message], prefix: str, request: SegmentRequest) -> Candidate:
         return await self.inner.complete(messages, prefix, request)
 
-    def open_token_session(self, messages: Sequence[Message]) -> TokenSession:
-        return _TopKSession(self.inner.open_token_session(messages), self.name)
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> TokenSession:
+        return _TopKSession(self.inner.open_token_session(messages, tools=tools), self.name)
 
 
 class _TopKSession(TokenSession):
