@@ -135,3 +135,10 @@ async def paced_echo(messages: Sequence[Message], prefix: str, request: SegmentR
     """`echo`, 0.3 s a call."""
     await asyncio.sleep(0.3)
     return echo(messages, prefix, request)
+
+
+def turns(messages: Sequence[Message], prefix: str, request: SegmentRequest) -> str:
+    """Says how many user and assistant turns it was given and repeats the last question: a chat test's witness."""
+    users = sum(m.role == "user" for m in messages)
+    assistants = sum(m.role == "assistant" for m in messages)
+    return f"{users} user / {assistants} assistant turns; last: {messages[-1].content}"

@@ -29,6 +29,7 @@ PACED = {
         "scorer": {"type": "function", "options": {"fn": "tests.server.fakes:longest"}},
         "strategy": {"name": "segment", "segment_tokens": 8},
     },
+    "chatty": {"members": [fn_member("t", "turns")], "strategy": "single"},
     "voters": {
         "description": "three fake members; two say Paris",
         "members": [fn_member("one", "capital"), fn_member("two", "capital"), fn_member("three", "echo")],
@@ -173,6 +174,33 @@ def test_a_vote_shows_its_table(browser: Any, ui_server: Served) -> None:
     assert [r.find_elements("css selector", "td")[1].text for r in rows] == [str(v["count"]) for v in votes]
     (card,) = css(browser, "#rounds .round")
     assert len(card.find_elements("css selector", ".candidate")) == 3
+
+
+def test_a_chat_sends_the_earlier_turns(browser: Any, ui_server: Served) -> None:
+    open_page(browser, ui_server.url)
+    pick(browser, "chatty")
+    box = browser.find_element("id", "question")
+
+    def ask(question: str) -> str:
+        box.clear()
+        box.send_keys(question)
+        browser.find_element("id", "ask").click()
+        wait_for(browser, lambda b: status(b).startswith("done"))
+        return str(browser.find_element("id", "answer").text).strip()
+
+    assert ask("One?") == "1 user / 0 assistant turns; last: One?"  # a single question unless asked to chat
+    assert ask("Two?") == "1 user / 0 assistant turns; last: Two?"
+    assert css(browser, "#conversation .turn") == []
+    browser.find_element("id", "chat").click()
+    assert ask("Three?") == "1 user / 0 assistant turns; last: Three?"
+    assert ask("Four?") == "2 user / 1 assistant turns; last: Four?"
+    kept = [t.text for t in css(browser, "#conversation .turn")]
+    assert kept == ["user: Three?", "assistant: 1 user / 0 assistant turns; last: Three?",
+                    "user: Four?", "assistant: 2 user / 1 assistant turns; last: Four?"]
+    browser.find_element("id", "new-chat").click()
+    assert css(browser, "#conversation .turn") == []
+    assert ask("Five?") == "1 user / 0 assistant turns; last: Five?"
+    browser.find_element("id", "chat").click()  # off again for the tests after this one
 
 
 def run_rows(system: str, answers: dict[str, str]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@
 const TOKEN_STRATEGIES = new Set(["gac", "unite"]);
 let models = [];
 let controller = null;
+let turns = []; // earlier turns of the conversation, sent with the next question while "Keep the conversation" is on
 
 const $ = (id) => document.getElementById(id);
 
@@ -72,9 +73,10 @@ async function ask(event) {
   resetView();
   const tokenLevel = TOKEN_STRATEGIES.has(model.strategy);
   $("rounds").classList.toggle("token-level", tokenLevel);
+  const question = { role: "user", content: $("question").value };
   const body = {
     model: model.id,
-    messages: [{ role: "user", content: $("question").value }],
+    messages: [...($("chat").checked ? turns : []), question],
     max_tokens: Number($("max-tokens").value) || undefined,
     stream: true,
     stream_options: { include_usage: true },
@@ -107,6 +109,10 @@ async function ask(event) {
     }
     setStatus(`done: ${rounds} rounds in ${((performance.now() - started) / 1000).toFixed(2)} s`);
     $("answer").classList.add("done");
+    if ($("chat").checked) {
+      turns.push(question, { role: "assistant", content: $("answer").textContent });
+      showConversation();
+    }
   } catch (e) {
     setStatus(e.name === "AbortError" ? "stopped" : "error: " + e, e.name !== "AbortError");
   } finally {
@@ -174,6 +180,18 @@ function showSummary(trace) {
   }
 }
 
+/** The turns a chat has kept so far (the next question is sent after them). */
+function showConversation() {
+  $("conversation").replaceChildren(...turns.map((m) =>
+    el("div", { class: "turn " + m.role }, el("span", { class: "muted" }, m.role + ": "), m.content)));
+}
+
+function newChat() {
+  turns = [];
+  showConversation();
+  resetView();
+}
+
 function showUsage(usage) {
   const members = Object.entries(usage.member_tokens || {});
   $("summary").append(el("table", { id: "usage" },
@@ -186,4 +204,5 @@ $("load-models").addEventListener("click", loadModels);
 $("ensemble").addEventListener("change", showMembers);
 $("ask-form").addEventListener("submit", ask);
 $("stop").addEventListener("click", () => controller && controller.abort());
+$("new-chat").addEventListener("click", newChat);
 loadModels();
