@@ -39,12 +39,16 @@ from ensemblehub_core.types import Candidate
 
 RESULTS = Path(__file__).parent / "results"
 
+#: reasoning-gym seeds item i with seed + i, so seeds 42 and 43 give the same items shifted by one: the dev split
+#: starts this far away to share none with the test split.
+DEV_SEED = 10_042
+
 #: set name -> (items for the test split, items for the dev split, answer token budget)
 SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], int]] = {
     "two_operand": (lambda n: two_operand(n, seed=7), lambda n: two_operand(n, seed=8), 32),
     "mmlu": (lambda n: mmlu(n, seed=0), lambda n: mmlu(n, seed=1), 16),
-    "basic_arithmetic": (lambda n: arithmetic(n, seed=42), lambda n: arithmetic(n, seed=43), 64),
-    "gsm_symbolic": (lambda n: gsm_symbolic(n, seed=42), lambda n: gsm_symbolic(n, seed=43), 160),
+    "basic_arithmetic": (lambda n: arithmetic(n, seed=42), lambda n: arithmetic(n, seed=DEV_SEED), 64),
+    "gsm_symbolic": (lambda n: gsm_symbolic(n, seed=42), lambda n: gsm_symbolic(n, seed=DEV_SEED), 160),
 }
 MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
@@ -268,6 +272,9 @@ def main() -> None:
         t_items = make_test(args.test)
         seen = {it.prompt for it in t_items}
         d_items = [it for it in make_dev(args.dev + 10) if it.prompt not in seen][: args.dev]  # no overlap
+        if args.dev and len(d_items) < args.dev:
+            raise SystemExit(f"{set_name}: only {len(d_items)} of {args.dev} dev items differ from the test items; "
+                             "calibration needs a dev split of its own (change the dev seed)")
         test_items[set_name] = t_items
         panel = panels["choice" if set_name == "mmlu" else "auto"]
         if args.only_samples:
