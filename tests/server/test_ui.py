@@ -200,7 +200,17 @@ def test_a_chat_sends_the_earlier_turns(browser: Any, ui_server: Served) -> None
     browser.find_element("id", "new-chat").click()
     assert css(browser, "#conversation .turn") == []
     assert ask("Five?") == "1 user / 0 assistant turns; last: Five?"
-    browser.find_element("id", "chat").click()  # off again for the tests after this one
+
+
+def test_an_error_mid_stream_stays_on_screen_and_is_not_kept_as_a_turn(browser: Any, ui_server: Served) -> None:
+    open_page(browser, ui_server.url)
+    pick(browser, "flaky")  # one good segment, then the member fails
+    browser.find_element("id", "chat").click()
+    browser.find_element("id", "ask").click()
+    wait_for(browser, lambda b: status(b).startswith("error after"))
+    assert "the backend went away" in status(browser)
+    assert "First segment." in browser.find_element("id", "answer").text
+    assert css(browser, "#conversation .turn") == []
 
 
 def run_rows(system: str, answers: dict[str, str]) -> list[dict[str, Any]]:

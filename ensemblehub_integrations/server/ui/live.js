@@ -93,10 +93,11 @@ async function ask(event) {
     });
     if (!response.ok) return setStatus("refused: " + (await apiError(response)), true);
     let rounds = 0;
+    let failed = null; // an error event mid-stream (the server still ends the stream with [DONE])
     for await (const data of sseData(response)) {
       if (data === "[DONE]") break;
       const chunk = JSON.parse(data);
-      if (chunk.error) { setStatus("error: " + chunk.error.message, true); continue; }
+      if (chunk.error) { failed = chunk.error.message; setStatus("error: " + failed, true); continue; }
       const trace = chunk.ensemble_trace;
       if (trace && trace.round) {
         rounds += 1;
@@ -107,6 +108,7 @@ async function ask(event) {
       }
       if (chunk.usage) showUsage(chunk.usage);
     }
+    if (failed !== null) return setStatus(`error after ${rounds} rounds: ${failed}`, true);
     setStatus(`done: ${rounds} rounds in ${((performance.now() - started) / 1000).toFixed(2)} s`);
     $("answer").classList.add("done");
     if ($("chat").checked) {
