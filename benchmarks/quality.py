@@ -52,12 +52,24 @@ SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], 
 }
 MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
+#: Members beyond the trio's that ``--members`` can name (the optional Qwen2.5-Coder-1.5B: `make model-qwen-1.5b`).
+EXTRA_MEMBERS = {"qwen-1.5b": "embedded:qwen2.5-coder-1.5b-instruct"}
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
 
 
-def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:
-    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype."""
+def with_dtype(cfg: HubConfig, dtype: str, extra: tuple[str, ...] = (), sampler: str = "qwen-0.5b") -> HubConfig:
+    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype.
+
+    The members named in ``extra`` (keys of `EXTRA_MEMBERS`) join the trio's in an ensemble named ``members``;
+    ``sampled`` is self-consistency over five answers of the member ``sampler`` (as ``vote-qwen-x5`` for Qwen-0.5B).
+    """
     data = cfg.model_dump(exclude_none=True)
+    trio = data["ensembles"]["trio"]["members"]
+    pool = [*trio, *({"name": n, "model": EXTRA_MEMBERS[n]} for n in EXTRA_MEMBERS)]
+    data["ensembles"]["members"] = {"members": [m for m in pool if m in trio or m["name"] in extra],
+                                    "strategy": "vote"}
+    data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"],
+                                    "members": [m for m in pool if m["name"] == sampler]}
     for ens in data["ensembles"].values():
         for m in ens["members"]:
             m["dtype"] = dtype
@@ -146,7 +158,7 @@ def records_for(store: Path, set_name: str, split: str, items: list[Item], membe
 
 def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: Ensemble, max_tokens: int
                 ) -> list[cal.Record]:
-    """Self-consistency candidates: the ``vote-qwen-x5`` ensemble's five answers per item (greedy + 4 sampled),
+    """Self-consistency candidates: a ``vote-qwen-x5``-like ensemble's five answers per item (greedy + 4 sampled),
     with their token log-probabilities, kept like the members' records (split name suffixed ``-samples``)."""
     tag = f"{split}-samples"
     kept = {row["id"]: _record_from_json(row) for row in _read_store(store)
@@ -166,16 +178,25 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
     return [kept[it.id] for it in items]
 
 
-def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate], float]) -> list[int]:
+def _extractor(item: Item) -> Callable[[str], str | None]:
+    """The vote's answer extractor for an item: the choice letter for multiple choice, else the auto rule."""
+    from ensemblehub_core.answers import extract_auto, extract_choice
+
+    return extract_choice if item.kind == "choice" else extract_auto
+
+
+def weighted_vote_marks(records: list[cal.Record], items: list[Item], weight: Callable[[Candidate], float]
+                        ) -> list[int]:
     """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: earliest)."""
-    from ensemblehub_core.answers import answer_key, extract_auto
+    from ensemblehub_core.answers import answer_key
 
     marks = []
-    for r in records:
+    for r, item in zip(records, items, strict=True):
+        extract = _extractor(item)
         totals: dict[str, float] = {}
         first: dict[str, int] = {}
         for i, c in enumerate(r.candidates):
-            value = extract_auto(c.text) if c.ok else None
+            value = extract(c.text) if c.ok else None
             if value is None:
                 continue
             key = answer_key(value)
@@ -189,15 +210,16 @@ def weighted_vote_marks(records: list[cal.Record], weight: Callable[[Candidate],
     return marks
 
 
-def vote_marks(records: list[cal.Record]) -> list[int]:
+def vote_marks(records: list[cal.Record], items: list[Item]) -> list[int]:
     """Plain majority over the members' extracted answers (ties: the earliest member's answer)."""
-    from ensemblehub_core.answers import answer_key, extract_auto
+    from ensemblehub_core.answers import answer_key
 
     marks = []
-    for r in records:
+    for r, item in zip(records, items, strict=True):
+        extract = _extractor(item)
         keys = []
         for c in r.candidates:
-            value = extract_auto(c.text) if c.ok else None
+            value = extract(c.text) if c.ok else None
             keys.append(None if value is None else answer_key(value))
         counts = {k: keys.count(k) for k in keys if k is not None}
         if not counts:
@@ -254,13 +276,24 @@ def main() -> None:
                     help="also rate self-consistency over Qwen's five answers (plain and confidence-weighted vote)")
     ap.add_argument("--only-samples", action="store_true", help="only collect the self-consistency answers")
     ap.add_argument("--samples-store", default=str(RESULTS / "quality-samples.jsonl"))
+    ap.add_argument("--sampler", default="qwen-0.5b", choices=[*MEMBERS, *EXTRA_MEMBERS],
+                    help="the member whose five answers the self-consistency rows vote over")
+    ap.add_argument("--members", default=",".join(MEMBERS),
+                    help="comma-separated members to rate, from the trio's and " + ", ".join(EXTRA_MEMBERS)
+                    + " (another member set keeps its records in a file of its own)")
     ap.add_argument("--dtype", default="float32",
                     help="members' dtype (float32: CPUs without native bf16 run it 2-3x faster than bfloat16)")
     args = ap.parse_args()
-    hub = Hub(with_dtype(load_config(), args.dtype))
-    members = {n: hub.ensemble("trio").members[n] for n in MEMBERS}
+    names = tuple(n for n in args.members.split(",") if n)
+    unknown = [n for n in names if n not in MEMBERS and n not in EXTRA_MEMBERS]
+    if unknown:
+        raise SystemExit(f"unknown member(s) {unknown}; choose from {[*MEMBERS, *EXTRA_MEMBERS]}")
+    hub = Hub(with_dtype(load_config(), args.dtype, tuple(n for n in names if n in EXTRA_MEMBERS), args.sampler))
+    members = {n: hub.ensemble("members").members[n] for n in names}
     panels = {"auto": panel_of(members), "choice": panel_of(members, "choice")}
     store = Path(args.records)
+    if names != MEMBERS and args.records == str(RESULTS / "quality-records.jsonl"):
+        store = RESULTS / f"quality-records-{'+'.join(names)}.jsonl"
     store.parent.mkdir(parents=True, exist_ok=True)
     sets = [s for s in args.sets.split(",") if s]
     report: dict[str, Any] = {}
@@ -283,9 +316,12 @@ def main() -> None:
         test_records[set_name] = records_for(store, set_name, "test", t_items, members, panel, max_tokens)
     sampled: dict[str, list[cal.Record]] = {}
     if args.samples:
-        sc = hub.ensemble("vote-qwen-x5")
+        sc = hub.ensemble("sampled")
+        samples_store = Path(args.samples_store)
+        if args.sampler != "qwen-0.5b" and args.samples_store == str(RESULTS / "quality-samples.jsonl"):
+            samples_store = RESULTS / f"quality-samples-{args.sampler}.jsonl"
         for set_name in sets:
-            sampled[set_name] = samples_for(Path(args.samples_store), set_name, "test", test_items[set_name], sc,
+            sampled[set_name] = samples_for(samples_store, set_name, "test", test_items[set_name], sc,
                                             SETS[set_name][2])
     if args.only_samples:
         return
@@ -297,20 +333,21 @@ def main() -> None:
     panel = panels["auto"]  # selection reads only the scorer names and weights, the same in both
     for set_name, records in test_records.items():
         t0 = time.perf_counter()
-        systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(MEMBERS)}
+        systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(names)}
         # Not a system: the most any rule that picks one of the members' answers could get.
         systems["oracle: any member right"] = [int(any(r.correct)) for r in records]
-        systems["vote (members' answers)"] = vote_marks(records)
+        systems["vote (members' answers)"] = vote_marks(records, test_items[set_name])
         systems["best-of: raw confidence"] = select_marks(records, panel, {"confidence": 1.0, "agreement": 0.0,
                                                                           "cross_likelihood": 0.0}, {})
         systems["best-of: cross-likelihood"] = select_marks(records, panel, {"confidence": 0.0, "agreement": 0.0,
                                                                             "cross_likelihood": 1.0}, {})
         if set_name in sampled or (set_name == "mixed" and all(s in sampled for s in MIXED)):
             samp = sampled.get(set_name) or [r for s in MIXED for r in sampled[s][: args.test // 2]]
-            systems["self-consistency qwen x5: vote"] = weighted_vote_marks(samp, lambda c: 1.0)
-            systems["self-consistency qwen x5: confidence-weighted vote"] = weighted_vote_marks(
-                samp, lambda c: math.exp(ConfidenceScorer("c").raw(c) or -50.0))
-        fitted = cal.fit(dev_records[set_name], panel, list(MEMBERS))
+            systems[f"self-consistency {args.sampler} x5: vote"] = weighted_vote_marks(
+                samp, test_items[set_name], lambda c: 1.0)
+            systems[f"self-consistency {args.sampler} x5: confidence-weighted vote"] = weighted_vote_marks(
+                samp, test_items[set_name], lambda c: math.exp(ConfidenceScorer("c").raw(c) or -50.0))
+        fitted = cal.fit(dev_records[set_name], panel, list(names))
         conf_only = {"confidence": 1.0, "agreement": 0.0, "cross_likelihood": 0.0}
         systems["best-of: calibrated confidence"] = select_marks(records, panel, conf_only, fitted.calibration)
         systems["best-of: calibrated panel"] = select_marks(records, panel, fitted.weights, fitted.calibration)
@@ -325,7 +362,7 @@ def main() -> None:
                 continue
             marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name], SETS[set_name][2])
             systems[f"{name} (segment, real run)"] = marks
-        rows = rate(systems, list(MEMBERS))
+        rows = rate(systems, list(names))
         report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,
                             "weights": fitted.weights, "marks": {k.split(" (")[0]: v for k, v in systems.items()},
                             "seconds": round(time.perf_counter() - t0, 1)}
