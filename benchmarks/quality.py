@@ -9,6 +9,7 @@ real on the test items.
 
     python -m benchmarks.quality                         # every set, 100 dev + 100 test items each
     python -m benchmarks.quality --sets two_operand --test 60 --dev 40
+    python -m benchmarks.quality --members qwen-0.5b,smollm2-135m,gemma3-270m,qwen-1.5b --sampler qwen-1.5b
 
 Each system gets accuracy with a 95% Wilson interval and a paired comparison with the best member on the same
 items: items won, items lost, and the exact McNemar p-value (two-sided binomial test on the discordant items).
