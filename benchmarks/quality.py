@@ -58,19 +58,21 @@ EXTRA_MEMBERS = {"qwen-1.5b": "embedded:qwen2.5-coder-1.5b-instruct"}
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
 
 
-def with_dtype(cfg: HubConfig, dtype: str, extra: tuple[str, ...] = (), sampler: str = "qwen-0.5b") -> HubConfig:
-    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype.
-
-    The members named in ``extra`` (keys of `EXTRA_MEMBERS`) join the trio's in an ensemble named ``members``;
-    ``sampled`` is self-consistency over five answers of the member ``sampler`` (as ``vote-qwen-x5`` for Qwen-0.5B).
-    """
+def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubConfig:
+    """The config with two more ensembles: ``members``, the trio's members and those named in ``extra`` (keys of
+    `EXTRA_MEMBERS`), and ``sampled``, ``vote-qwen-x5``'s self-consistency over the member ``sampler``."""
     data = cfg.model_dump(exclude_none=True)
-    trio = data["ensembles"]["trio"]["members"]
-    pool = [*trio, *({"name": n, "model": EXTRA_MEMBERS[n]} for n in EXTRA_MEMBERS)]
-    data["ensembles"]["members"] = {"members": [m for m in pool if m in trio or m["name"] in extra],
+    pool = [*data["ensembles"]["trio"]["members"], *({"name": n, "model": m} for n, m in EXTRA_MEMBERS.items())]
+    data["ensembles"]["members"] = {"members": [m for m in pool if m["name"] in (*MEMBERS, *extra)],
                                     "strategy": "vote"}
     data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"],
                                     "members": [m for m in pool if m["name"] == sampler]}
+    return parse_config(data, cfg.source)
+
+
+def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:
+    """The config with every member (and scorer) loaded in ``dtype``; greedy answers are compared in one dtype."""
+    data = cfg.model_dump(exclude_none=True)
     for ens in data["ensembles"].values():
         for m in ens["members"]:
             m["dtype"] = dtype
@@ -179,21 +181,20 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
     return [kept[it.id] for it in items]
 
 
-def _extractor(item: Item) -> Callable[[str], str | None]:
-    """The vote's answer extractor for an item: the choice letter for multiple choice, else the auto rule."""
-    from ensemblehub_core.answers import extract_auto, extract_choice
-
-    return extract_choice if item.kind == "choice" else extract_auto
+def extractor_of(item: Item) -> str:
+    """The answer extractor (`ensemblehub_core.answers`) that votes and agreement use for an item."""
+    return "choice" if item.kind == "choice" else "auto"
 
 
-def weighted_vote_marks(records: list[cal.Record], items: list[Item], weight: Callable[[Candidate], float]
-                        ) -> list[int]:
-    """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: earliest)."""
-    from ensemblehub_core.answers import answer_key
+def vote_marks(records: list[cal.Record], items: list[Item],
+               weight: Callable[[Candidate], float] = lambda c: 1.0) -> list[int]:
+    """Majority over extracted answers where each answer counts ``weight(candidate)`` (ties: the earliest
+    candidate's answer; no answer extracted: the first candidate's)."""
+    from ensemblehub_core.answers import answer_key, get_extractor
 
     marks = []
     for r, item in zip(records, items, strict=True):
-        extract = _extractor(item)
+        extract = get_extractor(extractor_of(item))
         totals: dict[str, float] = {}
         first: dict[str, int] = {}
         for i, c in enumerate(r.candidates):
@@ -208,27 +209,6 @@ def weighted_vote_marks(records: list[cal.Record], items: list[Item], weight: Ca
             continue
         best = max(totals, key=lambda k: (totals[k], -first[k]))
         marks.append(int(r.correct[first[best]]))
-    return marks
-
-
-def vote_marks(records: list[cal.Record], items: list[Item]) -> list[int]:
-    """Plain majority over the members' extracted answers (ties: the earliest member's answer)."""
-    from ensemblehub_core.answers import answer_key
-
-    marks = []
-    for r, item in zip(records, items, strict=True):
-        extract = _extractor(item)
-        keys = []
-        for c in r.candidates:
-            value = extract(c.text) if c.ok else None
-            keys.append(None if value is None else answer_key(value))
-        counts = {k: keys.count(k) for k in keys if k is not None}
-        if not counts:
-            marks.append(int(r.correct[0]))
-            continue
-        top = max(counts.values())
-        win = next(i for i, k in enumerate(keys) if k is not None and counts[k] == top)
-        marks.append(int(r.correct[win]))
     return marks
 
 
@@ -271,12 +251,13 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100, help="test items per set")
     ap.add_argument("--dev", type=int, default=100, help="dev items per set (calibration only)")
     ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
-    ap.add_argument("--records", default=str(RESULTS / "quality-records.jsonl"))
+    ap.add_argument("--records", help="kept answers (default: benchmarks/results/quality-records[-MEMBERS].jsonl)")
     ap.add_argument("--results", default=str(RESULTS / "quality.json"))
     ap.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
                     help="also rate self-consistency over Qwen's five answers (plain and confidence-weighted vote)")
     ap.add_argument("--only-samples", action="store_true", help="only collect the self-consistency answers")
-    ap.add_argument("--samples-store", default=str(RESULTS / "quality-samples.jsonl"))
+    ap.add_argument("--samples-store",
+                    help="kept self-consistency answers (default: benchmarks/results/quality-samples[-SAMPLER].jsonl)")
     ap.add_argument("--sampler", default="qwen-0.5b", choices=[*MEMBERS, *EXTRA_MEMBERS],
                     help="the member whose five answers the self-consistency rows vote over")
     ap.add_argument("--members", default=",".join(MEMBERS),
@@ -289,12 +270,12 @@ def main() -> None:
     unknown = [n for n in names if n not in MEMBERS and n not in EXTRA_MEMBERS]
     if unknown:
         raise SystemExit(f"unknown member(s) {unknown}; choose from {[*MEMBERS, *EXTRA_MEMBERS]}")
-    hub = Hub(with_dtype(load_config(), args.dtype, tuple(n for n in names if n in EXTRA_MEMBERS), args.sampler))
+    hub = Hub(with_dtype(with_members(load_config(), names, args.sampler), args.dtype))
     members = {n: hub.ensemble("members").members[n] for n in names}
     panels = {"auto": panel_of(members), "choice": panel_of(members, "choice")}
-    store = Path(args.records)
-    if names != MEMBERS and args.records == str(RESULTS / "quality-records.jsonl"):
-        store = RESULTS / f"quality-records-{'+'.join(names)}.jsonl"
+    # Records are kept per member set (and samples per sampler): a kept record holds one answer per member.
+    store = Path(args.records or RESULTS / ("quality-records.jsonl" if names == MEMBERS
+                                            else f"quality-records-{'+'.join(names)}.jsonl"))
     store.parent.mkdir(parents=True, exist_ok=True)
     sets = [s for s in args.sets.split(",") if s]
     report: dict[str, Any] = {}
@@ -310,7 +291,7 @@ def main() -> None:
             raise SystemExit(f"{set_name}: only {len(d_items)} of {args.dev} dev items differ from the test items; "
                              "calibration needs a dev split of its own (change the dev seed)")
         test_items[set_name] = t_items
-        panel = panels["choice" if set_name == "mmlu" else "auto"]
+        panel = panels[extractor_of(t_items[0])]
         if args.only_samples:
             continue
         dev_records[set_name] = records_for(store, set_name, "dev", d_items, members, panel, max_tokens)
@@ -318,9 +299,8 @@ def main() -> None:
     sampled: dict[str, list[cal.Record]] = {}
     if args.samples:
         sc = hub.ensemble("sampled")
-        samples_store = Path(args.samples_store)
-        if args.sampler != "qwen-0.5b" and args.samples_store == str(RESULTS / "quality-samples.jsonl"):
-            samples_store = RESULTS / f"quality-samples-{args.sampler}.jsonl"
+        samples_store = Path(args.samples_store or RESULTS / ("quality-samples.jsonl" if args.sampler == "qwen-0.5b"
+                                                             else f"quality-samples-{args.sampler}.jsonl"))
         for set_name in sets:
             sampled[set_name] = samples_for(samples_store, set_name, "test", test_items[set_name], sc,
                                             SETS[set_name][2])
@@ -344,9 +324,8 @@ def main() -> None:
                                                                             "cross_likelihood": 1.0}, {})
         if set_name in sampled or (set_name == "mixed" and all(s in sampled for s in MIXED)):
             samp = sampled.get(set_name) or [r for s in MIXED for r in sampled[s][: args.test // 2]]
-            systems[f"self-consistency {args.sampler} x5: vote"] = weighted_vote_marks(
-                samp, test_items[set_name], lambda c: 1.0)
-            systems[f"self-consistency {args.sampler} x5: confidence-weighted vote"] = weighted_vote_marks(
+            systems[f"self-consistency {args.sampler} x5: vote"] = vote_marks(samp, test_items[set_name])
+            systems[f"self-consistency {args.sampler} x5: confidence-weighted vote"] = vote_marks(
                 samp, test_items[set_name], lambda c: math.exp(ConfidenceScorer("c").raw(c) or -50.0))
         fitted = cal.fit(dev_records[set_name], panel, list(names))
         conf_only = {"confidence": 1.0, "agreement": 0.0, "cross_likelihood": 0.0}
