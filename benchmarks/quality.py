@@ -56,17 +56,23 @@ MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
 #: Members beyond the trio's that ``--members`` can name (the optional Qwen2.5-Coder-1.5B: `make model-qwen-1.5b`).
 EXTRA_MEMBERS = {"qwen-1.5b": "embedded:qwen2.5-coder-1.5b-instruct"}
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
+#: Ensembles of `with_members` run for real on multiple-choice sets (and, for the mixed set, on its other half).
+CHOICE = ("choice", "choice-self")
 
 
 def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubConfig:
-    """The config with two more ensembles: ``members``, the trio's members and those named in ``extra`` (keys of
-    `EXTRA_MEMBERS`), and ``sampled``, ``vote-qwen-x5``'s self-consistency over the member ``sampler``."""
+    """The config with more ensembles: ``members``, the trio's members and those named in ``extra`` (keys of
+    `EXTRA_MEMBERS`); ``sampled``, ``vote-qwen-x5``'s self-consistency over the member ``sampler``; ``choice``,
+    the members' pooled letter probabilities on multiple-choice items (``sampler`` answers the others), and
+    ``choice-self``, the same with ``sampler`` alone (its option-order debiasing without the other members)."""
     data = cfg.model_dump(exclude_none=True)
     pool = [*data["ensembles"]["trio"]["members"], *({"name": n, "model": m} for n, m in EXTRA_MEMBERS.items())]
-    data["ensembles"]["members"] = {"members": [m for m in pool if m["name"] in (*MEMBERS, *extra)],
-                                    "strategy": "vote"}
-    data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"],
-                                    "members": [m for m in pool if m["name"] == sampler]}
+    chosen = [m for m in pool if m["name"] in (*MEMBERS, *extra)]
+    alone = [m for m in pool if m["name"] == sampler]
+    data["ensembles"]["members"] = {"members": chosen, "strategy": "vote"}
+    data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"], "members": alone}
+    data["ensembles"]["choice"] = {"members": chosen, "strategy": {"name": "choice", "otherwise": sampler}}
+    data["ensembles"]["choice-self"] = {"members": alone, "strategy": "choice"}
     return parse_config(data, cfg.source)
 
 
@@ -251,6 +257,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100, help="test items per set")
     ap.add_argument("--dev", type=int, default=100, help="dev items per set (calibration only)")
     ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
+    ap.add_argument("--choice", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the choice ensembles (pooled option-letter probabilities) on multiple-choice sets")
     ap.add_argument("--records", help="kept answers (default: benchmarks/results/quality-records[-MEMBERS].jsonl)")
     ap.add_argument("--results", default=str(RESULTS / "quality.json"))
     ap.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
@@ -312,6 +320,7 @@ def main() -> None:
         dev_records["mixed"] = [r for s in MIXED for r in dev_records[s][: args.dev // 2]]
         test_items["mixed"] = [it for s in MIXED for it in test_items[s][:half]]
     panel = panels["auto"]  # selection reads only the scorer names and weights, the same in both
+    mixed_halves: dict[tuple[str, str], list[int]] = {}  # (set, ensemble) -> marks on the mixed set's half
     for set_name, records in test_records.items():
         t0 = time.perf_counter()
         systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(names)}
@@ -332,16 +341,25 @@ def main() -> None:
         systems["best-of: calibrated confidence"] = select_marks(records, panel, conf_only, fitted.calibration)
         systems["best-of: calibrated panel"] = select_marks(records, panel, fitted.weights, fitted.calibration)
         timing: dict[str, Any] = {}
-        for name in [n for n in args.real.split(",") if n]:
+        real = [n for n in args.real.split(",") if n]
+        is_choice = set_name != "mixed" and test_items[set_name][0].kind == "choice"
+        if args.choice and (is_choice or set_name == "mixed" or (set_name in MIXED and "mixed" in test_records)):
+            real += list(CHOICE)
+        half = args.test // 2
+        for name in real:
+            label = f"{name} ({'choice' if name in CHOICE else 'segment'}, real run)"
             if set_name == "mixed":  # its items are the other sets' items: reuse those runs
-                prev = report.get(MIXED[0], {}).get("marks", {}).get(name)
-                nxt = report.get(MIXED[1], {}).get("marks", {}).get(name)
-                if prev is not None and nxt is not None:
-                    half = args.test // 2
-                    systems[f"{name} (segment, real run)"] = prev[:half] + nxt[:half]
+                parts = [report.get(s, {}).get("marks", {}).get(name) or mixed_halves.get((s, name)) for s in MIXED]
+                if all(p is not None for p in parts):
+                    systems[label] = [m for p in parts for m in p[:half]]  # type: ignore[index]
+                continue
+            if name in CHOICE and not is_choice:
+                # Only the mixed set's half of these items: `choice` hands them to its `otherwise` member.
+                marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name][:half], SETS[set_name][2])
+                mixed_halves[(set_name, name)] = marks
                 continue
             marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name], SETS[set_name][2])
-            systems[f"{name} (segment, real run)"] = marks
+            systems[label] = marks
         rows = rate(systems, list(names))
         report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,
                             "weights": fitted.weights, "marks": {k.split(" (")[0]: v for k, v in systems.items()},

@@ -88,6 +88,8 @@ STRATEGIES: dict[str, Entry] = {
                  summary="token level: full distributions combined over the union vocabulary"),
     "unite": Entry(path="ensemblehub_core.strategies.token:UniTEStrategy", extra="hf",
                    summary="token level: union of each member's top-k tokens, averaged"),
+    "choice": Entry(path="ensemblehub_core.strategies.choice:ChoiceStrategy",
+                    summary="multiple choice: members' option-letter probabilities over shifted option orders, pooled"),
 }
 
 _KINDS = {"backend": BACKENDS, "scorer": SCORERS, "strategy": STRATEGIES}
