@@ -133,9 +133,14 @@ class ChoiceStrategy(Strategy):
         shifts = min(self.params.shifts or len(options.texts), len(options.texts))
         reads: dict[str, list[float]] = {}
         errors: dict[str, str] = {}
+        timeout = ctx.policy.timeout_s
         for name, gen in ctx.members.items():  # one at a time: local members share the same cores
             try:
-                reads[name] = await asyncio.to_thread(_read, gen, ctx, last_user, options, shifts)
+                reading = asyncio.to_thread(_read, gen, ctx, last_user, options, shifts)
+                reads[name], prompt_tokens = await asyncio.wait_for(reading, timeout)
+                ctx.prompt_tokens = ctx.prompt_tokens or prompt_tokens
+            except TimeoutError:
+                errors[name] = f"timed out after {timeout:g} s"
             except EnsembleHubError as exc:
                 errors[name] = str(exc)
             except Exception as exc:  # a backend failure is this member's, not the ensemble's
@@ -175,11 +180,14 @@ class ChoiceStrategy(Strategy):
         return name if name is not None and name in ctx.members else next(iter(ctx.members))
 
 
-def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shifts: int) -> list[float]:
-    """One member's mean log-probability of each option (normalised over the letters shown) across shifts."""
+def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shifts: int
+          ) -> tuple[list[float], int]:
+    """One member's mean log-probability of each option (normalised over the letters shown) across shifts, and
+    its prompt length in tokens."""
     n = len(options.texts)
     groups = [(c.encode(), b" " + c.encode()) for c in options.letters]
     totals = [0.0] * n
+    prompt_tokens = 0
     for shift in range(shifts):
         text, order = options.shown(shift)
         messages: Sequence[Message] = [
@@ -190,6 +198,7 @@ def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shi
             if ctx.prefix:
                 session.append(ctx.prefix.encode())
             probs = piece_probabilities(session, groups)
+            prompt_tokens = prompt_tokens or session.prompt_tokens
         finally:
             session.close()
         mass = sum(probs)
@@ -197,5 +206,5 @@ def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shi
             raise EnsembleHubError(f"none of the letters {options.letters} is among its likeliest next tokens")
         for position, option in enumerate(order):
             totals[option] += math.log(max(probs[position] / mass, _FLOOR)) / shifts
-    return totals
+    return totals, prompt_tokens
 

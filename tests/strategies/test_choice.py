@@ -7,6 +7,7 @@ SmolLM2-135M, real weights) is marked slow.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -18,6 +19,7 @@ from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.function import FunctionGenerator
 from ensemblehub_core.generators.hf import HFGenerator
 from ensemblehub_core.generators.tokens import TokenSession
+from ensemblehub_core.strategies.base import MemberPolicy
 from ensemblehub_core.strategies.choice import find_options
 from ensemblehub_core.tools import ToolSpec
 from ensemblehub_core.types import Message
@@ -142,3 +144,23 @@ def test_a_question_without_options_is_answered_by_the_otherwise_member(qwen: HF
     (round_,) = result.trace
     assert round_.winner == "smol" and "no lettered options" in round_.note
     assert result.text.strip()
+
+
+class Stuck(HFGenerator):
+    """A member whose reading takes longer than the policy allows."""
+
+    def open_token_session(self, messages: Sequence[Message], *, tools: ToolSpec | None = None) -> TokenSession:
+        time.sleep(5.0)
+        return super().open_token_session(messages, tools=tools)
+
+
+@pytest.mark.slow
+def test_a_member_past_the_timeout_is_reported_and_the_others_decide(qwen: HFGenerator):
+    stuck = Stuck("stuck", qwen.loaded)
+    # One reading each (shifts: 1): Qwen's forward pass fits in the timeout with room, the stuck member's does not.
+    ens = Ensemble([stuck, qwen], strategy="choice", strategy_params={"shifts": 1}, policy=MemberPolicy(timeout_s=3))
+    result = ens.generate(question(OPTIONS), max_tokens=8)
+    (round_,) = result.trace
+    assert round_.errors == {"stuck": "timed out after 3 s"}
+    assert list(result.extra["choice"]["members"]) == ["qwen"]
+    assert result.usage.prompt_tokens > 0
