@@ -11,9 +11,10 @@ import asyncio
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ensemblehub_core.exceptions import AllMembersFailed, ConfigError, EnsembleHubError, GeneratorError
 from ensemblehub_core.generators.base import Generator, GeneratorSession, SegmentRequest
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
     from ensemblehub_core.strategies.breaker import RequestBreaker
     from ensemblehub_core.tools import ToolSpec
 
+T = TypeVar("T")
+
 __all__ = [
-    "MemberPolicy", "RunContext", "Strategy", "TextDelta", "gather_candidates", "make_strategy",
+    "MemberPolicy", "RunContext", "Strategy", "TextDelta", "call_with_policy", "gather_candidates", "make_strategy",
     "open_session", "open_token_session",
 ]
 
@@ -159,10 +162,9 @@ def make_strategy(name: str, params: Mapping[str, Any] | None, where: str = "") 
         raise ConfigError(f"invalid parameters for strategy '{name}':\n" + "\n".join(lines)) from None
 
 
-async def _call_with_policy(
-    name: str, session: GeneratorSession, request: SegmentRequest, policy: MemberPolicy
-) -> Candidate:
-    """One member call with the policy's timeout and retries; errors become `GeneratorError`.
+async def call_with_policy(name: str, call: Callable[[], Awaitable[T]], policy: MemberPolicy) -> T:
+    """One member call (``call()`` makes a fresh attempt) with the policy's timeout and retries; errors become
+    `GeneratorError`, except the ensemble's own errors (bad input or configuration), which no retry can help.
 
     A timeout is not retried: a member that hangs would otherwise cost a timeout per try.
     """
@@ -170,8 +172,8 @@ async def _call_with_policy(
     while True:
         try:
             if policy.timeout_s is None:
-                return await session.generate(request)
-            return await asyncio.wait_for(session.generate(request), policy.timeout_s)
+                return await call()
+            return await asyncio.wait_for(call(), policy.timeout_s)
         except TimeoutError as exc:
             err = GeneratorError(name, f"timed out after {policy.timeout_s:g} s", timed_out=True)
             cause: BaseException = exc
@@ -212,7 +214,8 @@ async def gather_candidates(
         else:
             errors[name] = reason
     results = await asyncio.gather(
-        *(_call_with_policy(n, sessions[n], request, policy) for n in names), return_exceptions=True
+        *(call_with_policy(n, partial(sessions[n].generate, request), policy) for n in names),
+        return_exceptions=True,
     )
     cands: list[Candidate] = []
     for name, res in zip(names, results, strict=True):

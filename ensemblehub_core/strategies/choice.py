@@ -10,7 +10,8 @@ multiple-choice evaluation). Members' scores are combined as a weighted log-line
 the answer, written as its letter and text (``B. refraction.``).
 
 A question without lettered options is answered by the ``otherwise`` member alone, as ``single`` would.
-A member that fails is reported in the trace and the others decide.
+Each member's reading is one call under the member policy (timeout, retries); a member that fails is reported in
+the trace and the others decide.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import math
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import ClassVar
 
 from pydantic import Field
 
-from ensemblehub_core.exceptions import AllMembersFailed, CapabilityError, ConfigError, EnsembleHubError
+from ensemblehub_core.exceptions import AllMembersFailed, CapabilityError, ConfigError, GeneratorError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.tokens import piece_probabilities, text_only_message
 from ensemblehub_core.scorers.base import ScoringPanel
-from ensemblehub_core.strategies.base import RunContext, Strategy, TextDelta, now
+from ensemblehub_core.strategies.base import RunContext, Strategy, TextDelta, call_with_policy, now
 from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.strategies.segment import SingleParams, SingleStrategy
 from ensemblehub_core.types import Candidate, Message, RoundTrace
@@ -54,15 +56,15 @@ class Options:
     def letters(self) -> str:
         return _LETTERS[: len(self.texts)]
 
-    def label(self, index: int) -> str:
-        """Option ``index`` as the answer: its letter and text (``B. refraction.``)."""
-        return f"{self.letters[index]}{self.sep} {self.texts[index]}"
+    def label(self, index: int, position: int | None = None) -> str:
+        """Option ``index`` as a line, lettered for ``position`` (default: its own): ``B. refraction.``."""
+        return f"{self.letters[index if position is None else position]}{self.sep} {self.texts[index]}"
 
     def shown(self, shift: int) -> tuple[str, list[int]]:
         """The question with its options cyclically shifted by ``shift``, and which option each position shows."""
         n = len(self.texts)
         order = [(p + shift) % n for p in range(n)]
-        lines = [f"{self.letters[p]}{self.sep} {self.texts[o]}" for p, o in enumerate(order)]
+        lines = [self.label(o, p) for p, o in enumerate(order)]
         return "\n".join([*self.head, *lines, *self.tail]), order
 
 
@@ -133,18 +135,13 @@ class ChoiceStrategy(Strategy):
         shifts = min(self.params.shifts or len(options.texts), len(options.texts))
         reads: dict[str, list[float]] = {}
         errors: dict[str, str] = {}
-        timeout = ctx.policy.timeout_s
         for name, gen in ctx.members.items():  # one at a time: local members share the same cores
             try:
-                reading = asyncio.to_thread(_read, gen, ctx, last_user, options, shifts)
-                reads[name], prompt_tokens = await asyncio.wait_for(reading, timeout)
+                reads[name], prompt_tokens = await call_with_policy(
+                    name, partial(asyncio.to_thread, _read, gen, ctx, last_user, options, shifts), ctx.policy)
                 ctx.prompt_tokens = ctx.prompt_tokens or prompt_tokens
-            except TimeoutError:
-                errors[name] = f"timed out after {timeout:g} s"
-            except EnsembleHubError as exc:
-                errors[name] = str(exc)
-            except Exception as exc:  # a backend failure is this member's, not the ensemble's
-                errors[name] = f"{type(exc).__name__}: {exc}"
+            except GeneratorError as exc:
+                errors[name] = exc.reason
         if not reads:
             raise AllMembersFailed(errors)
         weights = {n: float(self.params.weights.get(n, 1.0)) for n in reads}
@@ -203,7 +200,7 @@ def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shi
             session.close()
         mass = sum(probs)
         if mass <= 0:
-            raise EnsembleHubError(f"none of the letters {options.letters} is among its likeliest next tokens")
+            raise GeneratorError(gen.name, f"none of the letters {options.letters} is among its likeliest next tokens")
         for position, option in enumerate(order):
             totals[option] += math.log(max(probs[position] / mass, _FLOOR)) / shifts
     return totals, prompt_tokens
