@@ -62,7 +62,8 @@ class ModelSpec:
     """
 
     source: str
-    dtype: str = "bfloat16"
+    # auto, not bfloat16: on a CPU without native bf16 a bf16 matmul runs tens of times slower than float32
+    dtype: str = "auto"
     device: str = "cpu"
     kind: str = "causal_lm"
     trust_remote_code: bool = False

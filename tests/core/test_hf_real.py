@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 Q = [Message(role="user", content="Explain in two sentences why the sky is blue.")]
 
 
-def _load(source: str, dtype: str = "bfloat16"):
+def _load(source: str, dtype: str = "auto"):
     from ensemblehub_core.models import ModelSpec
     from ensemblehub_core.pool import ModelPool
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ensemblehub_core.models import EMBEDDED_MODELS, LoadedModel, ModelSpec, cache_dir, load_model
+from ensemblehub_core.models.loader import auto_dtype
 from ensemblehub_core.models.convert import METADATA_FILE
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_loaded_model_is_ready_for_inference(models: dict[str, LoadedModel], nam
     loaded = models[name]
     assert loaded.model.training is False
     assert not any(p.requires_grad for p in loaded.model.parameters())
-    assert loaded.model.dtype == torch.bfloat16
+    assert loaded.model.dtype == getattr(torch, auto_dtype("cpu"))  # ModelSpec's default dtype is auto
     assert loaded.tokenizer.pad_token is not None
     assert Path(loaded.path).parent == cache_dir() / "models"
     assert loaded.has_chat_template == EMBEDDED_MODELS[name].has_chat_template
