@@ -10,6 +10,11 @@ right or wrong against the item's reference answer. From these marks:
 
 Accuracy is reported on a held-out part of the dev file that the fits never saw: picking among the members'
 answers with the panel as configured, then as calibrated (what ``best_of_n`` over these members does).
+
+A ``choice`` ensemble (multiple choice from the members' option-letter probabilities) has no answers to pick
+among: each member reads every dev question's options instead (`read_choices`), and the members' weights in the
+log-linear pool are fitted to give the right options the highest likelihood (`fit_pool`), so a member whose
+readings carry no signal gets little say.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemblehub_core.exceptions import ConfigError, InputError
+from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
 from ensemblehub_core.types import Candidate, Message
 
-__all__ = ["CalibrationReport", "Record", "apply", "collect", "fit", "fit_logistic", "select_accuracy", "split"]
+__all__ = ["CalibrationReport", "Reading", "Record", "apply", "collect", "fit", "fit_logistic", "fit_pool",
+           "pool_accuracy", "pool_pick", "read_choices", "select_accuracy", "split"]
 
 
 @dataclass(kw_only=True)
@@ -49,6 +55,19 @@ class CalibrationReport:
     before: float = 0.0
     after: float = 0.0
     members_alone: dict[str, float] = field(default_factory=dict)
+    pool_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Reading:
+    """One multiple-choice dev item: each member's mean log-probability of every option, and the right option.
+
+    A member whose reading failed is absent from ``members``.
+    """
+
+    id: str
+    members: dict[str, list[float]]
+    answer: int
 
 
 def split(ids: Sequence[str], heldout: float, seed: int = 0) -> tuple[list[str], list[str]]:
@@ -224,12 +243,109 @@ def select_accuracy(records: Sequence[Record], panel: Any, weights: dict[str, fl
     return right / len(records)
 
 
+def read_choices(
+    members: dict[str, Any],
+    items: Sequence[tuple[str, list[Message], str]],
+    shifts: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Reading], list[str]]:
+    """Every member's reading (`read_options`) of every item whose last user message lists lettered options.
+
+    Args:
+        members: The ensemble's members by name.
+        items: ``(id, messages, reference)``; the reference is the right option's letter (``B``, ``B. text``).
+        shifts: Cyclic shifts per reading, as the strategy's ``shifts``.
+        progress: Called with (done, total) after each item.
+
+    Returns:
+        The readings, and the ids of the items skipped because they list no options or their reference names
+        none of the options.
+    """
+    from ensemblehub_core.answers import extract_choice
+    from ensemblehub_core.strategies.choice import find_options, read_options
+
+    readings, skipped = [], []
+    for n, (item_id, messages, reference) in enumerate(items, 1):
+        last_user = next((m for m in reversed(messages) if m.role == "user"), None)
+        options = find_options(last_user.content) if last_user is not None else None
+        letter = extract_choice(reference, options.letters) if options is not None else None
+        if options is None or letter is None or letter not in options.letters:
+            skipped.append(item_id)
+            continue
+        reads = {}
+        for name, gen in members.items():
+            try:
+                reads[name], _ = read_options(gen, messages, options, shifts)
+            except GeneratorError:  # a failing member is left out of this item, as the strategy leaves it out
+                continue
+        readings.append(Reading(id=item_id, members=reads, answer=options.letters.index(letter)))
+        if progress is not None:
+            progress(n, len(items))
+    return readings, skipped
+
+
+def pool_pick(reading: Reading, weights: Mapping[str, float]) -> int | None:
+    """The option the weighted log-linear pool ranks first (ties: the earlier option); None when no member that
+    read it has a weight."""
+    used = {n: lp for n, lp in reading.members.items() if weights.get(n, 0.0) > 0}
+    if not used:
+        return None
+    pooled = [sum(weights[n] * lp[o] for n, lp in used.items()) for o in range(len(next(iter(used.values()))))]
+    return max(range(len(pooled)), key=lambda o: (pooled[o], -o))
+
+
+def pool_accuracy(readings: Sequence[Reading], weights: Mapping[str, float]) -> float:
+    """Share of readings where the pool under ``weights`` picks the right option."""
+    if not readings:
+        return math.nan
+    return sum(pool_pick(r, weights) == r.answer for r in readings) / len(readings)
+
+
+def fit_pool(readings: Sequence[Reading], members: Sequence[str], l2: float = 1.0) -> dict[str, float]:
+    """Non-negative member weights of the log-linear pool that maximise the log-likelihood of the right options.
+
+    The pooled score of option o is ``sum_m w_m * logp_m(o)``, and a softmax over the options turns it into the
+    probability of each option: a conditional logit with one weight per member and no intercept (the option
+    shifts already removed position preferences). ``l2`` shrinks the weights towards 0, so a member that only
+    adds noise on a few dev items ends up with little weight rather than a large one fitted to that noise.
+    """
+    import torch
+
+    if not readings:
+        return {}
+    raw = torch.full((len(members),), math.log(math.e - 1), dtype=torch.float64, requires_grad=True)  # w = 1
+    optim = torch.optim.LBFGS([raw], max_iter=200, line_search_fn="strong_wolfe")
+    tables = []
+    for r in readings:
+        x = torch.tensor([r.members.get(m, [0.0] * len(next(iter(r.members.values()), [0.0])))
+                          for m in members], dtype=torch.float64)  # members x options; absent: no say
+        tables.append((x, r.answer))
+
+    def loss() -> torch.Tensor:
+        optim.zero_grad()
+        w = torch.nn.functional.softplus(raw)
+        total = 0.5 * l2 * (w**2).sum()
+        for x, answer in tables:
+            total = total - torch.log_softmax(w @ x, dim=0)[answer]
+        total.backward()
+        return total
+
+    optim.step(loss)
+    w = torch.nn.functional.softplus(raw.detach())
+    return {m: round(float(v), 6) for m, v in zip(members, w, strict=True)}
+
+
 def apply(data: dict[str, Any], ensemble: str, report: CalibrationReport) -> dict[str, Any]:
-    """A copy of a config document with the ensemble's confidence calibration and panel weights filled in."""
+    """A copy of a config document with the ensemble's confidence calibration and panel weights (or a ``choice``
+    strategy's member weights) filled in."""
     out = copy.deepcopy(data)
     ens = out.get("ensembles", {}).get(ensemble)
     if ens is None:
         raise ConfigError(f"ensemble '{ensemble}' is not in the config")
+    if report.pool_weights:
+        strategy = ens.get("strategy")
+        ens["strategy"] = strategy = {"name": strategy} if isinstance(strategy, str) else dict(strategy or {})
+        strategy["weights"] = dict(report.pool_weights)
     scorers = ens.get("scorer") or []
     if isinstance(scorers, dict):
         scorers = [scorers]

@@ -6,12 +6,17 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import EnsembleHubError, InputError
-from ensemblehub_core.types import EnsembleResult, RoundTrace
+from ensemblehub_core.types import EnsembleResult, Message, RoundTrace
+
+if TYPE_CHECKING:
+    from ensemblehub_core.calibration import CalibrationReport
+    from ensemblehub_core.engine import Ensemble
+    from ensemblehub_core.strategies.choice import ChoiceParams
 
 __all__ = ["main"]
 
@@ -158,27 +163,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    import asyncio
-
     import yaml
 
     from ensemblehub_core import calibration as cal
-    from ensemblehub_core.answers import answer_key, get_extractor
     from ensemblehub_core.batch import read_examples
     from ensemblehub_core.config import default_config_path, load_config
     from ensemblehub_core.hub import Hub
+    from ensemblehub_core.strategies.choice import ChoiceStrategy
 
     config_path = Path(args.config) if args.config else default_config_path()
     hub = Hub(load_config(config_path))
     ens = hub.ensemble(args.ensemble)
     if Path(args.output).resolve() == config_path.resolve():
         raise InputError("--output is the config being calibrated; write the calibrated config to a new file")
-    extract = get_extractor(args.extractor)
-
-    def key(text: str) -> str | None:
-        value = extract(text)
-        return None if value is None else answer_key(value)
-
     items = []
     for ex in read_examples(args.dev):
         if ex.error or ex.messages is None:
@@ -187,17 +184,46 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             raise InputError(f"{args.dev}: example '{ex.id}' has no '{args.answer_field}' field; "
                              "name the reference answer's field with --answer-field")
         items.append((ex.id, ex.messages, str(ex.fields[args.answer_field])))
-    fit_ids, heldout_ids = cal.split([i for i, _, _ in items], args.heldout)
-    max_tokens = int(args.max_tokens or hub.config.defaults.max_tokens or 256)
+    fit_ids, heldout_ids = cal.split([i for i, _, _ in items], args.heldout)  # a bad share fails before any work
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    if isinstance(ens.strategy, ChoiceStrategy):
+        report = _calibrate_choice(ens, ens.strategy.params, items, args.heldout)
+    else:
+        report = _calibrate_panel(ens, items, fit_ids, heldout_ids, args, hub.config.defaults.max_tokens)
+    cal.write_config(cal.apply(data, ens.name, report), args.output)
+    print(f"wrote {args.output}")
+    return 0
 
-    def progress(done: int, total: int) -> None:
-        print(f"\r  {done}/{total} dev items answered and scored", end="", file=sys.stderr, flush=True)
+
+def _progress(what: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} dev items {what}", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _calibrate_panel(ens: Ensemble, items: list[tuple[str, list[Message], str]], fit_ids: list[str],
+                     heldout_ids: list[str], args: argparse.Namespace, default_max: int | None) -> CalibrationReport:
+    """Confidence calibration and panel weights: each member answers, the panel scores, the fit learns which
+    scores mark right answers."""
+    import asyncio
+
+    from ensemblehub_core import calibration as cal
+    from ensemblehub_core.answers import answer_key, get_extractor
+
+    extract = get_extractor(args.extractor)
+
+    def key(text: str) -> str | None:
+        value = extract(text)
+        return None if value is None else answer_key(value)
 
     def right(text: str, ref: str) -> bool:
         found = key(text)
         return found is not None and found == key(ref)
 
-    records = asyncio.run(cal.collect(ens.members, ens.panel, items, right, max_tokens, progress))
+    max_tokens = int(args.max_tokens or default_max or 256)
+    records = asyncio.run(cal.collect(ens.members, ens.panel, items, right, max_tokens,
+                                      _progress("answered and scored")))
     print(file=sys.stderr)
     by_id = {r.id: r for r in records}
     fitted = [by_id[i] for i in fit_ids]
@@ -205,8 +231,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     report = cal.fit(fitted, ens.panel, list(ens.members))
     before = cal.select_accuracy(held, ens.panel)
     after = cal.select_accuracy(held, ens.panel, report.weights, report.calibration)
-    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    cal.write_config(cal.apply(data, ens.name, report), args.output)
     print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (best of the members' answers):")
     for name in ens.members:
         alone = sum(r.correct[list(ens.members).index(name)] for r in held) / len(held)
@@ -216,8 +240,39 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  confidence calibration {member}: slope {a:.3f}, intercept {b:.3f}")
     if report.weights:
         print("  weights: " + ", ".join(f"{n} {w:.3f}" for n, w in report.weights.items()))
-    print(f"wrote {args.output}")
-    return 0
+    return report
+
+
+def _calibrate_choice(ens: Ensemble, params: ChoiceParams, items: list[tuple[str, list[Message], str]],
+                      heldout: float) -> CalibrationReport:
+    """A ``choice`` ensemble's member weights: each member reads every dev question's options, and the pool's
+    weights are fitted so the right options come out likeliest."""
+    from ensemblehub_core import calibration as cal
+
+    readings, skipped = cal.read_choices(ens.members, items, params.shifts, _progress("read"))
+    print(file=sys.stderr)
+    if skipped:
+        print(f"  skipped {len(skipped)} item(s) without lettered options or whose reference names none of them: "
+              + ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
+    if len(readings) < 2:
+        raise InputError(
+            f"{len(readings)} of {len(items)} dev items are multiple-choice questions the members could read; the "
+            "fit and the held-out part each need some: give questions whose last user message lists lettered "
+            "options (A. ..., B. ...) and a reference that names the right letter"
+        )
+    by_id = {r.id: r for r in readings}
+    fit_ids, heldout_ids = cal.split(list(by_id), heldout)
+    fitted, held = [by_id[i] for i in fit_ids], [by_id[i] for i in heldout_ids]
+    members = list(ens.members)
+    configured = {m: float(params.weights.get(m, 1.0)) for m in members}
+    weights = cal.fit_pool(fitted, members)
+    print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (pooled option choice):")
+    for name in members:
+        print(f"  {name} alone: {cal.pool_accuracy(held, {name: 1.0}):.3f}")
+    print(f"  weights as configured: {cal.pool_accuracy(held, configured):.3f}")
+    print(f"  weights fitted:        {cal.pool_accuracy(held, weights):.3f}")
+    print("  weights: " + ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
+    return cal.CalibrationReport(pool_weights=weights)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

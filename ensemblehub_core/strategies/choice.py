@@ -22,7 +22,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import Field
 
@@ -35,7 +35,10 @@ from ensemblehub_core.strategies.params import StrategyParams
 from ensemblehub_core.strategies.segment import SingleParams, SingleStrategy
 from ensemblehub_core.types import Candidate, Message, RoundTrace
 
-__all__ = ["ChoiceParams", "ChoiceStrategy", "Options", "find_options"]
+if TYPE_CHECKING:
+    from ensemblehub_core.tools import ToolSpec
+
+__all__ = ["ChoiceParams", "ChoiceStrategy", "Options", "find_options", "read_options"]
 
 _LETTERS = "ABCDEFGHIJ"
 _OPTION = re.compile(r"^[ \t]*(?P<letter>[A-J])(?P<sep>[.):])[ \t]+(?P<text>\S.*?)[ \t]*$")
@@ -137,8 +140,9 @@ class ChoiceStrategy(Strategy):
         errors: dict[str, str] = {}
         for name, gen in ctx.members.items():  # one at a time: local members share the same cores
             try:
-                reads[name], prompt_tokens = await call_with_policy(
-                    name, partial(asyncio.to_thread, _read, gen, ctx, last_user, options, shifts), ctx.policy)
+                read = partial(read_options, gen, ctx.messages, options, shifts, tools=ctx.tools, prefix=ctx.prefix)
+                reads[name], prompt_tokens = await call_with_policy(name, partial(asyncio.to_thread, read),
+                                                                    ctx.policy)
                 ctx.prompt_tokens = ctx.prompt_tokens or prompt_tokens
             except GeneratorError as exc:
                 errors[name] = exc.reason
@@ -177,23 +181,36 @@ class ChoiceStrategy(Strategy):
         return name if name is not None and name in ctx.members else next(iter(ctx.members))
 
 
-def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shifts: int
-          ) -> tuple[list[float], int]:
-    """One member's mean log-probability of each option (normalised over the letters shown) across shifts, and
-    its prompt length in tokens."""
+def read_options(gen: Generator, messages: Sequence[Message], options: Options, shifts: int | None = None, *,
+                 tools: ToolSpec | None = None, prefix: str = "") -> tuple[list[float], int]:
+    """One member's reading of a multiple-choice question: each option's mean log-probability (its letter's
+    probability normalised over the letters shown) across cyclic shifts of the options, and the prompt's length
+    in tokens.
+
+    Args:
+        gen: A member with token sessions (distributions or top-k log-probabilities).
+        messages: The conversation; its last user message holds ``options``.
+        options: The options found in that message (`find_options`).
+        shifts: How many cyclic shifts to read (default: one per option).
+        tools: Tools offered to the member, as in the request.
+        prefix: Text the answer starts with.
+
+    Raises:
+        GeneratorError: None of the letters is among the member's likeliest next tokens.
+    """
     n = len(options.texts)
+    shifts = min(shifts or n, n)
+    last_user = max(i for i, m in enumerate(messages) if m.role == "user")
     groups = [(c.encode(), b" " + c.encode()) for c in options.letters]
     totals = [0.0] * n
     prompt_tokens = 0
     for shift in range(shifts):
         text, order = options.shown(shift)
-        messages: Sequence[Message] = [
-            replace(m, content=text) if i == last_user else m for i, m in enumerate(ctx.messages)
-        ]
-        session = gen.open_token_session(list(messages), tools=ctx.tools)
+        shown = [replace(m, content=text) if i == last_user else m for i, m in enumerate(messages)]
+        session = gen.open_token_session(shown, tools=tools)
         try:
-            if ctx.prefix:
-                session.append(ctx.prefix.encode())
+            if prefix:
+                session.append(prefix.encode())
             probs = piece_probabilities(session, groups)
             prompt_tokens = prompt_tokens or session.prompt_tokens
         finally:
@@ -204,4 +221,3 @@ def _read(gen: Generator, ctx: RunContext, last_user: int, options: Options, shi
         for position, option in enumerate(order):
             totals[option] += math.log(max(probs[position] / mass, _FLOOR)) / shifts
     return totals, prompt_tokens
-

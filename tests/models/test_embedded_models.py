@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ensemblehub_core.models import EMBEDDED_MODELS, LoadedModel, ModelSpec, cache_dir, load_model
-from ensemblehub_core.models.loader import auto_dtype
 from ensemblehub_core.models.convert import METADATA_FILE
+from ensemblehub_core.models.loader import auto_dtype
 
 pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
