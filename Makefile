@@ -94,7 +94,9 @@ bench: install bench-quality
 	$(BIN)/python -m benchmarks.failover_bench
 
 # Each member alone vs the ensembles on dev/test splits (calibrated on dev, reported on test), paired statistics.
+# QuaRTz comes from the data files of OpenAI's evals package (its code and dependencies are not needed).
 bench-quality: install
+	$(BIN)/pip install -q --no-deps evals==3.0.1.post1
 	$(BIN)/python -m benchmarks.quality
 
 # vLLM member vs HF member on the same model (prefix caching on and off).

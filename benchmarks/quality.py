@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.datasets import Item, arithmetic, gsm_symbolic, is_correct, mmlu, two_operand
+from benchmarks.datasets import Item, arithmetic, fcc_extra, gsm_symbolic, is_correct, mmlu, quartz, two_operand
 from ensemblehub_core import calibration as cal
 from ensemblehub_core.config import HubConfig, load_config, parse_config
 from ensemblehub_core.engine import Ensemble, to_messages
@@ -50,29 +50,25 @@ SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], 
     "mmlu": (lambda n: mmlu(n, seed=0), lambda n: mmlu(n, seed=1), 16),
     "basic_arithmetic": (lambda n: arithmetic(n, seed=42), lambda n: arithmetic(n, seed=DEV_SEED), 64),
     "gsm_symbolic": (lambda n: gsm_symbolic(n, seed=42), lambda n: gsm_symbolic(n, seed=DEV_SEED), 160),
+    "quartz": (lambda n: quartz(n, seed=0), lambda n: quartz(n, seed=1), 16),
+    "fcc_extra": (lambda n: fcc_extra(n, seed=0), lambda n: fcc_extra(n, seed=1), 16),
 }
-MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ
+MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ (this order)
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
 #: Members beyond the trio's that ``--members`` can name (the optional Qwen2.5-Coder-1.5B: `make model-qwen-1.5b`).
 EXTRA_MEMBERS = {"qwen-1.5b": "embedded:qwen2.5-coder-1.5b-instruct"}
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
-#: Ensembles of `with_members` run for real on multiple-choice sets (and, for the mixed set, on its other half).
-CHOICE = ("choice", "choice-self")
 
 
 def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubConfig:
     """The config with more ensembles: ``members``, the trio's members and those named in ``extra`` (keys of
-    `EXTRA_MEMBERS`); ``sampled``, ``vote-qwen-x5``'s self-consistency over the member ``sampler``; ``choice``,
-    the members' pooled letter probabilities on multiple-choice items (``sampler`` answers the others), and
-    ``choice-self``, the same with ``sampler`` alone (its option-order debiasing without the other members)."""
+    `EXTRA_MEMBERS`); ``sampled``, ``vote-qwen-x5``'s self-consistency over the member ``sampler``."""
     data = cfg.model_dump(exclude_none=True)
     pool = [*data["ensembles"]["trio"]["members"], *({"name": n, "model": m} for n, m in EXTRA_MEMBERS.items())]
     chosen = [m for m in pool if m["name"] in (*MEMBERS, *extra)]
     alone = [m for m in pool if m["name"] == sampler]
     data["ensembles"]["members"] = {"members": chosen, "strategy": "vote"}
     data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"], "members": alone}
-    data["ensembles"]["choice"] = {"members": chosen, "strategy": {"name": "choice", "otherwise": sampler}}
-    data["ensembles"]["choice-self"] = {"members": alone, "strategy": "choice"}
     return parse_config(data, cfg.source)
 
 
@@ -165,6 +161,44 @@ def records_for(store: Path, set_name: str, split: str, items: list[Item], membe
     return [kept[(set_name, split, it.id)] for it in items]
 
 
+def readings_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any]
+                 ) -> list[cal.Reading]:
+    """Every member's reading of every multiple-choice item (what the ``choice`` strategy reads: each option's
+    mean letter log-probability over all cyclic shifts), kept per item like the records (split suffixed
+    ``-choice``) so a stopped run resumes."""
+    tag = f"{split}-choice"
+    kept = {row["id"]: cal.Reading(id=row["id"], members=row["members"], answer=row["answer"])
+            for row in _read_store(store) if row["set"] == set_name and row["split"] == tag}
+    todo = [it for it in items if it.id not in kept]
+    for n, it in enumerate(todo, 1):
+        readings, skipped = cal.read_choices(members, [(it.id, to_messages(it.prompt), it.answer)])
+        if skipped:
+            raise SystemExit(f"{set_name} item {it.id} lists no lettered options the choice strategy can read")
+        kept[it.id] = readings[0]
+        with store.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"set": set_name, "split": tag, "id": it.id, "members": readings[0].members,
+                                "answer": readings[0].answer}) + "\n")
+        print(f"\r  {set_name} {tag}: {n}/{len(todo)}", end="", flush=True)
+    if todo:
+        print()
+    return [kept[it.id] for it in items]
+
+
+def choice_systems(test: list[cal.Reading], dev: list[cal.Reading], names: tuple[str, ...]
+                   ) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """Marks of the ``choice`` strategy over these members: each member's reading alone, the pool with equal
+    weights (the strategy's default) and with weights fitted on the dev readings (`ensemblehub calibrate`)."""
+    fitted = cal.fit_pool(dev, list(names))
+
+    def marks(weights: dict[str, float]) -> list[int]:
+        return [int(cal.pool_pick(r, weights) == r.answer) for r in test]
+
+    systems = {f"choice: {m} alone": marks({m: 1.0}) for m in names}
+    systems["choice: pool, equal weights"] = marks(dict.fromkeys(names, 1.0))
+    systems["choice: pool, weights fitted on dev"] = marks(fitted)
+    return systems, fitted
+
+
 def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: Ensemble, max_tokens: int
                 ) -> list[cal.Record]:
     """Self-consistency candidates: a ``vote-qwen-x5``-like ensemble's five answers per item (greedy + 4 sampled),
@@ -252,13 +286,13 @@ def rate(systems: dict[str, list[int]], members: list[str]) -> list[dict[str, An
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sets", default="two_operand,mmlu,basic_arithmetic,gsm_symbolic",
+    ap.add_argument("--sets", default="two_operand,mmlu,quartz,basic_arithmetic,gsm_symbolic",
                     help="comma-separated: " + ", ".join(SETS) + " (the mixed set comes from mmlu + two_operand)")
     ap.add_argument("--test", type=int, default=100, help="test items per set")
     ap.add_argument("--dev", type=int, default=100, help="dev items per set (calibration only)")
     ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
     ap.add_argument("--choice", action=argparse.BooleanOptionalAction, default=True,
-                    help="run the choice ensembles (pooled option-letter probabilities) on multiple-choice sets")
+                    help="rate the choice strategy (pooled option-letter probabilities) on multiple-choice sets")
     ap.add_argument("--records", help="kept answers (default: benchmarks/results/quality-records[-MEMBERS].jsonl)")
     ap.add_argument("--results", default=str(RESULTS / "quality.json"))
     ap.add_argument("--samples", action=argparse.BooleanOptionalAction, default=True,
@@ -290,6 +324,8 @@ def main() -> None:
     test_records: dict[str, list[cal.Record]] = {}
     dev_records: dict[str, list[cal.Record]] = {}
     test_items: dict[str, list[Item]] = {}
+    test_reads: dict[str, list[cal.Reading]] = {}
+    dev_reads: dict[str, list[cal.Reading]] = {}
     for set_name in sets:
         make_test, make_dev, max_tokens = SETS[set_name]
         t_items = make_test(args.test)
@@ -304,6 +340,9 @@ def main() -> None:
             continue
         dev_records[set_name] = records_for(store, set_name, "dev", d_items, members, panel, max_tokens)
         test_records[set_name] = records_for(store, set_name, "test", t_items, members, panel, max_tokens)
+        if args.choice and t_items[0].kind == "choice":
+            dev_reads[set_name] = readings_for(store, set_name, "dev", d_items, members)
+            test_reads[set_name] = readings_for(store, set_name, "test", t_items, members)
     sampled: dict[str, list[cal.Record]] = {}
     if args.samples:
         sc = hub.ensemble("sampled")
@@ -320,7 +359,6 @@ def main() -> None:
         dev_records["mixed"] = [r for s in MIXED for r in dev_records[s][: args.dev // 2]]
         test_items["mixed"] = [it for s in MIXED for it in test_items[s][:half]]
     panel = panels["auto"]  # selection reads only the scorer names and weights, the same in both
-    mixed_halves: dict[tuple[str, str], list[int]] = {}  # (set, ensemble) -> marks on the mixed set's half
     for set_name, records in test_records.items():
         t0 = time.perf_counter()
         systems: dict[str, list[int]] = {m: [int(r.correct[i]) for r in records] for i, m in enumerate(names)}
@@ -341,28 +379,34 @@ def main() -> None:
         systems["best-of: calibrated confidence"] = select_marks(records, panel, conf_only, fitted.calibration)
         systems["best-of: calibrated panel"] = select_marks(records, panel, fitted.weights, fitted.calibration)
         timing: dict[str, Any] = {}
-        real = [n for n in args.real.split(",") if n]
-        is_choice = set_name != "mixed" and test_items[set_name][0].kind == "choice"
-        if args.choice and (is_choice or set_name == "mixed" or (set_name in MIXED and "mixed" in test_records)):
-            real += list(CHOICE)
-        half = args.test // 2
-        for name in real:
-            label = f"{name} ({'choice' if name in CHOICE else 'segment'}, real run)"
+        pool_weights: dict[str, float] = {}
+        if set_name in test_reads:
+            chosen, pool_weights = choice_systems(test_reads[set_name], dev_reads[set_name], names)
+            systems.update(chosen)
+        elif set_name == "mixed" and "mmlu" in test_reads:
+            # Its MMLU half is read; the arithmetic half goes to the strategy's `otherwise` member (``--sampler``;
+            # a member alone answers its own), whose greedy answers are the kept records.
+            half = args.test // 2
+            chosen, pool_weights = choice_systems(test_reads["mmlu"][:half], dev_reads["mmlu"][: args.dev // 2],
+                                                  names)
+            otherwise = args.sampler if args.sampler in names else names[0]
+            for label, marks in chosen.items():
+                alone = label.removeprefix("choice: ").removesuffix(" alone")
+                who = names.index(alone if alone in names else otherwise)
+                systems[label] = marks + [int(r.correct[who]) for r in test_records["two_operand"][:half]]
+        for name in [n for n in args.real.split(",") if n]:
+            label = f"{name} (segment, real run)"
             if set_name == "mixed":  # its items are the other sets' items: reuse those runs
-                parts = [report.get(s, {}).get("marks", {}).get(name) or mixed_halves.get((s, name)) for s in MIXED]
+                parts = [report.get(s, {}).get("marks", {}).get(name) for s in MIXED]
                 if all(p is not None for p in parts):
-                    systems[label] = [m for p in parts for m in p[:half]]  # type: ignore[index]
-                continue
-            if name in CHOICE and not is_choice:
-                # Only the mixed set's half of these items: `choice` hands them to its `otherwise` member.
-                marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name][:half], SETS[set_name][2])
-                mixed_halves[(set_name, name)] = marks
+                    systems[label] = [m for p in parts for m in p[: args.test // 2]]  # type: ignore[index]
                 continue
             marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name], SETS[set_name][2])
             systems[label] = marks
         rows = rate(systems, list(names))
         report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,
-                            "weights": fitted.weights, "marks": {k.split(" (")[0]: v for k, v in systems.items()},
+                            "weights": fitted.weights, "choice_weights": pool_weights,
+                            "marks": {k.split(" (")[0]: v for k, v in systems.items()},
                             "seconds": round(time.perf_counter() - t0, 1)}
         print(f"\n## {set_name} (test n={len(records)}, calibrated on {len(dev_records[set_name])} dev items)")
         print("| system | accuracy (95% CI) | vs best member: won / lost | McNemar p |")
