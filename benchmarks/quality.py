@@ -6,6 +6,9 @@ stopped run resumes. Calibration (`ensemblehub_core.calibration`) is fitted on t
 is on the test split. Response-level selection among the members' answers is exactly what ``best_of_n`` over
 these members does with greedy answers, so it is computed from the kept answers; the segment ensembles run for
 real on the test items.
+On multiple-choice sets every member also reads each item's options as the ``choice`` strategy does (kept per
+item too), and ``choice`` is rated from those readings: each member alone, the pool with equal weights, and the
+pool with the weights `ensemblehub calibrate` fits on the dev readings.
 
     python -m benchmarks.quality                         # every set, 100 dev + 100 test items each
     python -m benchmarks.quality --sets two_operand --test 60 --dev 40
