@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from benchmarks.datasets import Item, arithmetic, fcc_extra, gsm_symbolic, is_correct, mmlu, quartz, two_operand
 from ensemblehub_core import calibration as cal
@@ -106,8 +106,8 @@ def mcnemar_exact(won: int, lost: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def _record_to_json(set_name: str, split: str, r: cal.Record) -> dict[str, Any]:
-    return {"set": set_name, "split": split, "id": r.id, "scores": r.scores, "correct": r.correct,
+def _record_to_json(r: cal.Record) -> dict[str, Any]:
+    return {"scores": r.scores, "correct": r.correct,
             "candidates": [{"member": c.member, "text": c.text, "finish_reason": c.finish_reason,
                             "token_count": c.token_count, "token_logprobs": c.token_logprobs, "error": c.error}
                            for c in r.candidates]}
@@ -131,6 +131,26 @@ def _read_store(store: Path) -> list[dict[str, Any]]:
     return rows
 
 
+T = TypeVar("T")
+
+
+def kept_per_item(store: Path, set_name: str, split: str, items: list[Item], make: Callable[[Item], T],
+                  to_json: Callable[[T], dict[str, Any]], from_json: Callable[[dict[str, Any]], T]) -> list[T]:
+    """Each item's result kept in ``store`` under this set and split (a records, samples or readings split),
+    making only the missing ones, one at a time and appended at once, so a stopped run keeps what it did."""
+    kept = {row["id"]: from_json(row) for row in _read_store(store)
+            if row["set"] == set_name and row["split"] == split}
+    todo = [it for it in items if it.id not in kept]
+    for n, it in enumerate(todo, 1):
+        kept[it.id] = make(it)
+        with store.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"set": set_name, "split": split, "id": it.id, **to_json(kept[it.id])}) + "\n")
+        print(f"\r  {set_name} {split}: {n}/{len(todo)}", end="", flush=True)
+    if todo:
+        print()
+    return [kept[it.id] for it in items]
+
+
 def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
     """The scorers every selection rule draws on: confidence, answer agreement and the committee's likelihood."""
     committee = [LikelihoodScorer(f"likelihood:{n}", g, member=n) for n, g in members.items()]
@@ -142,26 +162,16 @@ def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
 def records_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any],
                 panel: ScoringPanel, max_tokens: int) -> list[cal.Record]:
     """The kept records of these items, answering and scoring only the ones not kept yet."""
-    kept = {(row["set"], row["split"], row["id"]): _record_from_json(row) for row in _read_store(store)}
-    todo = [it for it in items if (set_name, split, it.id) not in kept]
-    if todo:
-        by_id = {it.id: it for it in todo}
 
-        def progress(done: int, total: int) -> None:
-            print(f"\r  {set_name} {split}: {done}/{total} answered", end="", flush=True)
+    def answer(item: Item) -> cal.Record:
+        def right(text: str, ref: str) -> bool:
+            return is_correct(item, text)
 
-        for it in todo:  # one at a time, so a stopped run keeps what it did
-            def right(text: str, ref: str, item: Item = it) -> bool:
-                return is_correct(item, text)
+        (rec,) = asyncio.run(cal.collect(members, panel, [(item.id, to_messages(item.prompt), item.answer)],
+                                         right, max_tokens))
+        return rec
 
-            (rec,) = asyncio.run(cal.collect(members, panel, [(it.id, to_messages(it.prompt), it.answer)],
-                                             right, max_tokens))
-            kept[(set_name, split, it.id)] = rec
-            with store.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(_record_to_json(set_name, split, rec)) + "\n")
-            progress(len([i for i in by_id if (set_name, split, i) in kept]), len(todo))
-        print()
-    return [kept[(set_name, split, it.id)] for it in items]
+    return kept_per_item(store, set_name, split, items, answer, _record_to_json, _record_from_json)
 
 
 def readings_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any]
@@ -169,22 +179,16 @@ def readings_for(store: Path, set_name: str, split: str, items: list[Item], memb
     """Every member's reading of every multiple-choice item (what the ``choice`` strategy reads: each option's
     mean letter log-probability over all cyclic shifts), kept per item like the records (split suffixed
     ``-choice``) so a stopped run resumes."""
-    tag = f"{split}-choice"
-    kept = {row["id"]: cal.Reading(id=row["id"], members=row["members"], answer=row["answer"])
-            for row in _read_store(store) if row["set"] == set_name and row["split"] == tag}
-    todo = [it for it in items if it.id not in kept]
-    for n, it in enumerate(todo, 1):
-        readings, skipped = cal.read_choices(members, [(it.id, to_messages(it.prompt), it.answer)])
+
+    def read(item: Item) -> cal.Reading:
+        readings, skipped = cal.read_choices(members, [(item.id, to_messages(item.prompt), item.answer)])
         if skipped:
-            raise SystemExit(f"{set_name} item {it.id} lists no lettered options the choice strategy can read")
-        kept[it.id] = readings[0]
-        with store.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"set": set_name, "split": tag, "id": it.id, "members": readings[0].members,
-                                "answer": readings[0].answer}) + "\n")
-        print(f"\r  {set_name} {tag}: {n}/{len(todo)}", end="", flush=True)
-    if todo:
-        print()
-    return [kept[it.id] for it in items]
+            raise SystemExit(f"{set_name} item {item.id} lists no lettered options the choice strategy can read")
+        return readings[0]
+
+    return kept_per_item(store, set_name, f"{split}-choice", items, read,
+                         lambda r: {"members": r.members, "answer": r.answer},
+                         lambda row: cal.Reading(id=row["id"], members=row["members"], answer=row["answer"]))
 
 
 def choice_systems(test: list[cal.Reading], dev: list[cal.Reading], names: tuple[str, ...]
@@ -206,22 +210,14 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
                 ) -> list[cal.Record]:
     """Self-consistency candidates: a ``vote-qwen-x5``-like ensemble's five answers per item (greedy + 4 sampled),
     with their token log-probabilities, kept like the members' records (split name suffixed ``-samples``)."""
-    tag = f"{split}-samples"
-    kept = {row["id"]: _record_from_json(row) for row in _read_store(store)
-            if row["set"] == set_name and row["split"] == tag}
-    todo = [it for it in items if it.id not in kept]
-    for n, it in enumerate(todo, 1):
-        result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+
+    def sample(item: Item) -> cal.Record:
+        result = ens.generate(item.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
         cands = list(result.trace[0].candidates)
-        rec = cal.Record(id=it.id, candidates=cands, scores={}, correct=[c.ok and is_correct(it, c.text)
-                                                                           for c in cands])
-        kept[it.id] = rec
-        with store.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(_record_to_json(set_name, tag, rec)) + "\n")
-        print(f"\r  {set_name} {tag}: {n}/{len(todo)}", end="", flush=True)
-    if todo:
-        print()
-    return [kept[it.id] for it in items]
+        return cal.Record(id=item.id, candidates=cands, scores={},
+                          correct=[c.ok and is_correct(item, c.text) for c in cands])
+
+    return kept_per_item(store, set_name, f"{split}-samples", items, sample, _record_to_json, _record_from_json)
 
 
 def extractor_of(item: Item) -> str:
