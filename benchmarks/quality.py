@@ -191,18 +191,21 @@ def readings_for(store: Path, set_name: str, split: str, items: list[Item], memb
                          lambda row: cal.Reading(id=row["id"], members=row["members"], answer=row["answer"]))
 
 
-def choice_systems(test: list[cal.Reading], dev: list[cal.Reading], names: tuple[str, ...]
+def choice_systems(test: list[cal.Reading], dev: list[cal.Reading], names: tuple[str, ...],
+                   rest: dict[str, list[int]] | None = None, otherwise: str = ""
                    ) -> tuple[dict[str, list[int]], dict[str, float]]:
     """Marks of the ``choice`` strategy over these members: each member's reading alone, the pool with equal
-    weights (the strategy's default) and with weights fitted on the dev readings (`ensemblehub calibrate`)."""
+    weights (the strategy's default) and with weights fitted on the dev readings (`ensemblehub calibrate`).
+    ``rest`` holds each member's marks on items after ``test`` that list no options, which the strategy hands
+    on: a member alone answers them itself, the pool's ``otherwise`` member answers them for the pool."""
     fitted = cal.fit_pool(dev, list(names))
 
-    def marks(weights: dict[str, float]) -> list[int]:
-        return [int(cal.pool_pick(r, weights) == r.answer) for r in test]
+    def marks(weights: dict[str, float], answering: str) -> list[int]:
+        return [int(cal.pool_pick(r, weights) == r.answer) for r in test] + (rest or {}).get(answering, [])
 
-    systems = {f"choice: {m} alone": marks({m: 1.0}) for m in names}
-    systems["choice: pool, equal weights"] = marks(dict.fromkeys(names, 1.0))
-    systems["choice: pool, weights fitted on dev"] = marks(fitted)
+    systems = {f"choice: {m} alone": marks({m: 1.0}, m) for m in names}
+    systems["choice: pool, equal weights"] = marks(dict.fromkeys(names, 1.0), otherwise)
+    systems["choice: pool, weights fitted on dev"] = marks(fitted, otherwise)
     return systems, fitted
 
 
@@ -383,16 +386,15 @@ def main() -> None:
             chosen, pool_weights = choice_systems(test_reads[set_name], dev_reads[set_name], names)
             systems.update(chosen)
         elif set_name == "mixed" and "mmlu" in test_reads:
-            # Its MMLU half is read; the arithmetic half goes to the strategy's `otherwise` member (``--sampler``;
-            # a member alone answers its own), whose greedy answers are the kept records.
+            # Its MMLU half is read; its arithmetic half goes to the strategy's `otherwise` member (``--sampler``),
+            # whose greedy answers are the kept records.
             half = args.test // 2
+            arithmetic = {m: [int(r.correct[i]) for r in test_records["two_operand"][:half]]
+                          for i, m in enumerate(names)}
             chosen, pool_weights = choice_systems(test_reads["mmlu"][:half], dev_reads["mmlu"][: args.dev // 2],
-                                                  names)
-            otherwise = args.sampler if args.sampler in names else names[0]
-            for label, marks in chosen.items():
-                alone = label.removeprefix("choice: ").removesuffix(" alone")
-                who = names.index(alone if alone in names else otherwise)
-                systems[label] = marks + [int(r.correct[who]) for r in test_records["two_operand"][:half]]
+                                                  names, rest=arithmetic,
+                                                  otherwise=args.sampler if args.sampler in names else names[0])
+            systems.update(chosen)
         for name in [n for n in args.real.split(",") if n]:
             label = f"{name} (segment, real run)"
             if set_name == "mixed":  # its items are the other sets' items: reuse those runs
