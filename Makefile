@@ -85,9 +85,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# Quality, core (overhead, growth), token-level, API-member concurrency, server throughput and failover benchmarks.
+# Quality, core (overhead, growth, number format, decode loop), token-level, API-member concurrency, server throughput and failover benchmarks.
 bench: install bench-quality
-	$(BIN)/python -m benchmarks.run --only overhead --only growth --only dtype
+	$(BIN)/python -m benchmarks.run --only overhead --only growth --only dtype --only loop
 	$(BIN)/python -m benchmarks.token_bench
 	$(BIN)/python -m benchmarks.api_bench
 	$(BIN)/python -m benchmarks.server_bench

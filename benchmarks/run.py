@@ -1,5 +1,5 @@
 """Core benchmarks (`make bench`): engine overhead, cost growth with answer length, bf16 vs float32 on this machine,
-and answer quality.
+the decode loop against plain ``model.generate``, and answer quality.
 
     python -m benchmarks.run                      # all three, full sizes (100 MMLU + 50 arithmetic)
     python -m benchmarks.run --quick              # small sizes, for a smoke run
@@ -183,6 +183,64 @@ def dtypes(prompt_tokens: int = 256, new_tokens: int = 32) -> dict[str, Any]:
     return out
 
 
+# -- decode loop --------------------------------------------------------------------------------------------
+LOOP_QUESTION = "Write a detailed essay about the history of the printing press."
+
+
+def loop(tokens: int = 64, runs: int = 5) -> dict[str, Any]:
+    """A member's own decode loop (`HFSession`, what every strategy runs) against plain ``model.generate`` on the
+    same model and prompt, greedy, the same tokens: tokens/s of each, median of ``runs`` warm runs, alternated.
+
+    Small models on a CPU spend much of each step outside the matrix products (Python, dispatch), as models on a
+    GPU do; the ratio shows what the loop adds to that."""
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.pool import ModelPool
+
+    out: dict[str, Any] = {"tokens": tokens, "runs": runs, "models": {}}
+    rows = []
+    for source in DTYPE_MODELS:
+        gen = HFGenerator(source.split(":")[1], ModelPool.default().get(ModelSpec(source=source)))
+        g, s = _loop_speeds(gen, tokens, runs)
+        out["models"][source] = {"generate_tok_s": round(g, 2), "session_tok_s": round(s, 2),
+                                 "ratio": round(s / g, 3)}
+        rows.append([source.split(":")[1], f"{g:.1f}", f"{s:.1f}", f"{s / g:.3f}"])
+    table(f"Decode loop: HFSession / plain model.generate, {tokens} greedy tokens (ratio >= 0.95 wanted)",
+          ["model", "generate tok/s", "session tok/s", "ratio"], rows)
+    return out
+
+
+def _loop_speeds(gen: HFGenerator, tokens: int, runs: int) -> tuple[float, float]:
+    """Median tokens/s of ``model.generate`` and of the member's session, alternated run by run."""
+    import statistics
+
+    import torch
+
+    from ensemblehub_core.types import Message
+
+    msgs = [Message(role="user", content=LOOP_QUESTION)]
+    ids = torch.tensor([gen.encode_prompt(msgs)])
+
+    def generate() -> int:
+        with torch.inference_mode():
+            out = gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
+                                     do_sample=False, eos_token_id=sorted(gen.eos_ids),
+                                     pad_token_id=gen.tokenizer.pad_token_id)
+        return int(out.shape[1] - ids.shape[1])
+
+    def session() -> int:
+        return asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=tokens))).token_count
+
+    if generate() != session():  # also the warm-up
+        print(f"{gen.name}: generate and the session stopped at different lengths")
+    speeds: dict[str, list[float]] = {"generate": [], "session": []}
+    for _ in range(runs):
+        for name, fn in (("generate", generate), ("session", session)):
+            t0 = time.perf_counter()
+            n = fn()
+            speeds[name].append(n / (time.perf_counter() - t0))
+    return statistics.median(speeds["generate"]), statistics.median(speeds["session"])
+
+
 # -- quality ------------------------------------------------------------------------------------------------
 OTHER_STRATEGIES = (
     "gac-duo", "vote-trio", "unite-duo", "best-of-duo", "vote-qwen-x5", "fuse-duo", "rank-duo", "gac-trio",
@@ -239,7 +297,7 @@ def quality(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
-    ap.add_argument("--only", choices=["overhead", "growth", "dtype", "quality"], action="append")
+    ap.add_argument("--only", choices=["overhead", "growth", "dtype", "loop", "quality"], action="append")
     ap.add_argument("--mmlu", type=int, default=100)
     ap.add_argument("--arith", type=int, default=50)
     ap.add_argument("--strategies", action="store_true",
@@ -250,7 +308,7 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true",
                     help="keep quality figures already in the results file for systems rated on the same sizes")
     args = ap.parse_args()
-    sections = args.only or ["overhead", "growth", "dtype", "quality"]
+    sections = args.only or ["overhead", "growth", "dtype", "loop", "quality"]
     hub = Hub()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / (args.results or ("core-quick.json" if args.quick else "core.json"))
@@ -266,6 +324,8 @@ def main() -> None:
         save("growth", growth(hub, (32, 64, 128) if args.quick else (64, 256, 512)))
     if "dtype" in sections:
         save("dtype", dtypes(64 if args.quick else 256, 8 if args.quick else 32))
+    if "loop" in sections:
+        save("loop", loop(16 if args.quick else 64, 3 if args.quick else 5))
     if "quality" in sections:
         done = existing.get("quality", {}) if args.resume else {}
         # Systems left out by --systems keep their saved figures: a partial run adds to the table.

@@ -9,7 +9,7 @@ import torch
 
 __all__ = [
     "ChosenLogprobs", "HostRead", "KeptCache", "PrefixCache", "cache_kwargs", "device_lock", "forward", "left_padded",
-    "make_cache", "pick_token", "pick_tokens", "reads_ahead", "rollback", "seeded_generator",
+    "make_cache", "pick_token", "pick_tokens", "reads_ahead", "rollback", "seeded_generator", "take",
 ]
 
 _LOCKS: dict[str, threading.Lock] = {}
@@ -31,6 +31,7 @@ def make_cache(model: Any) -> Any:
     return cache
 
 
+@torch.inference_mode()
 def rollback(cache: Any, tokens: int) -> bool:
     """Drop the last ``tokens`` positions from ``cache``; False when the cache cannot be rolled back."""
     try:
@@ -57,10 +58,14 @@ def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
 _CACHE_KWARG: dict[type, str] = {}
 
 
+@torch.inference_mode()
 def forward(model: Any, ids: list[int] | torch.Tensor, cache: Any) -> torch.Tensor:
     """Run ``ids`` through ``model`` on top of ``cache`` (updated in place); return the last position's logits.
 
     ``ids`` may be a list or a tensor already on the model's device (a token just picked there: no host copy).
+    Runs in inference mode, as everything that touches a KV cache here does: outside it every op of the forward
+    pass also goes through autograd's bookkeeping (on a deep model's one-token steps, a tenth of the time), and
+    an in-place update of a cache made inside it would fail outside.
     """
     if isinstance(ids, torch.Tensor):
         input_ids = ids.reshape(1, -1)
@@ -103,6 +108,15 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, gen: tor
 def pick_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
     """`pick_tokens` for one row, read back as an int (waits for the device)."""
     return int(pick_tokens(logits, temperature, top_p, gen))
+
+
+def take(values: torch.Tensor, index: torch.Tensor | int) -> torch.Tensor:
+    """``values[index]`` for a 1-d ``values`` and one index, as a 0-d tensor on ``values``' device.
+
+    Indexing with a 0-d tensor (``values[index]``) reads the index back to the host, which waits for the device;
+    a gather does not.
+    """
+    return values.gather(0, torch.as_tensor(index, device=values.device).reshape(1))[0]
 
 
 def reads_ahead(device: Any) -> bool:
@@ -173,9 +187,9 @@ class ChosenLogprobs:
         """
         logp = torch.log_softmax(logits.float(), dim=-1)
         if logp.dim() == 2:
-            self._values.append(logp.gather(1, torch.as_tensor(token).reshape(-1, 1))[:, 0])
+            self._values.append(logp.gather(1, torch.as_tensor(token, device=logp.device).reshape(-1, 1))[:, 0])
         else:
-            self._values.append(logp[token])
+            self._values.append(take(logp, token))
 
     def values(self) -> list[float]:
         """Every recorded log-probability, in order (one copy to the host)."""
@@ -213,6 +227,7 @@ class KeptCache:
             self.reset()
             self.compiled = None
 
+    @torch.inference_mode()
     def forward(self, ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Run ``ids`` after the cached positions (a fresh cache if there is none); the last position's logits."""
         if self.cache is None:

@@ -57,6 +57,7 @@ class CompiledStep:
                 return self._free.pop()
         return StaticCache(config=self.model.config, max_cache_len=self.max_len)
 
+    @torch.inference_mode()
     def give_back(self, cache: Any) -> None:
         """Return a borrowed cache; its position goes back to 0 (the stale entries are masked, then overwritten)."""
         for layer in cache.layers:

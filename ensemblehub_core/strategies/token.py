@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from ensemblehub_core._torch import HostRead, pick_tokens, seeded_generator
+from ensemblehub_core._torch import HostRead, pick_tokens, seeded_generator, take
 from ensemblehub_core.exceptions import CapabilityError, ConfigError
 from ensemblehub_core.generators.base import Generator
 from ensemblehub_core.generators.tokens import Piece, TokenSession, ranked_pieces, text_only_message
@@ -372,8 +372,8 @@ class GaCStrategy(_TokenStrategy):
             top = torch.argmax(p)
             mapping = union.map_on(m, p.device)
             inside = top < mapping.shape[0]
-            top_uid = torch.where(inside, mapping[top.clamp(max=mapping.shape[0] - 1)], union.sink)
-            mass = union.member_union(m, p)[uid.to(p.device)]
+            top_uid = torch.where(inside, take(mapping, top.clamp(max=mapping.shape[0] - 1)), union.sink)
+            mass = take(union.member_union(m, p), uid)
             parts.append(torch.stack([top.double(), top_uid.double(), mass.double()]).to(device))
         read = HostRead(torch.cat(parts)).tolist()
         chosen = int(read[0])
@@ -414,7 +414,7 @@ class UniTEStrategy(_TokenStrategy):
         for n in run.sessions:
             lg = logits[n]
             top = torch.argmax(lg).to(device) if lg is not None else torch.tensor(-1, device=device)
-            parts.append(torch.stack([dists[n][idx].double(), top.double()]))
+            parts.append(torch.stack([take(dists[n], idx).double(), top.double()]))
         read = HostRead(torch.cat(parts)).tolist()
         chosen = int(read[0])
         choice = _Choice(piece=pieces[chosen])
