@@ -36,9 +36,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from benchmarks.decode_loop import QUESTION as Q
+from benchmarks.decode_loop import decode_pair
 from benchmarks.random_models import QWEN_1_5B, SMOL_1_7B, TINY_QWEN, TINY_SMOL, build_random_model, tok_root
-
-Q = "Write a detailed essay about the history of the printing press."
 
 
 class Bench:
@@ -107,34 +107,16 @@ def member(b: Bench, folder: str, name: str) -> Any:
 
 def bench_session_vs_generate(b: Bench, gen: Any) -> float:
     """HFSession vs eager ``model.generate`` for one member; returns the member's own seconds per decode step."""
-    from ensemblehub_core.generators.base import SegmentRequest
-    from ensemblehub_core.types import Message
-
-    torch = b.torch
-    msgs = [Message(role="user", content=Q)]
-    prompt = gen.encode_prompt(msgs)
-    ids = torch.tensor([prompt], device=b.device)
-    mask = torch.ones_like(ids)
     n = b.tokens
-
-    def session(tokens: int) -> Any:
-        return asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=tokens)))
-
-    def generate() -> Any:
-        with torch.inference_mode():
-            return gen.model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                                      eos_token_id=sorted(gen.eos_ids), pad_token_id=gen.tokenizer.pad_token_id)
-
+    generate, session = decode_pair(gen, n)
     t_gen, out = b.timed(generate)
-    gen_tokens = out.shape[1] - ids.shape[1]
     t_ses, cand = b.timed(lambda: session(n))
     t_one, _ = b.timed(lambda: session(1))
-    same = cand.token_ids == out[0, ids.shape[1]:].tolist()
     b.write("session_vs_generate", member=gen.name, tokens=n, session_tokens=cand.token_count,
-            generate_tokens=gen_tokens, session_tok_s=round(cand.token_count / t_ses, 2),
-            generate_tok_s=round(gen_tokens / t_gen, 2),
-            ratio=round((cand.token_count / t_ses) / (gen_tokens / t_gen), 3), goal=">= 0.95",
-            same_tokens_as_generate=same)
+            generate_tokens=len(out), session_tok_s=round(cand.token_count / t_ses, 2),
+            generate_tok_s=round(len(out) / t_gen, 2),
+            ratio=round((cand.token_count / t_ses) / (len(out) / t_gen), 3), goal=">= 0.95",
+            same_tokens_as_generate=cand.token_ids == out)
     return (t_ses - t_one) / max(1, cand.token_count - 1)
 
 

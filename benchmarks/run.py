@@ -16,6 +16,7 @@ import asyncio
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,6 @@ def dtypes(prompt_tokens: int = 256, new_tokens: int = 32) -> dict[str, Any]:
 
 
 # -- decode loop --------------------------------------------------------------------------------------------
-LOOP_QUESTION = "Write a detailed essay about the history of the printing press."
-
-
 def loop(tokens: int = 64, runs: int = 5) -> dict[str, Any]:
     """A member's own decode loop (`HFSession`, what every strategy runs) against plain ``model.generate`` on the
     same model and prompt, greedy, the same tokens: tokens/s of each, median of ``runs`` warm runs, alternated.
@@ -213,28 +211,16 @@ def _loop_speeds(gen: HFGenerator, tokens: int, runs: int) -> tuple[float, float
     """Median tokens/s of ``model.generate`` and of the member's session, alternated run by run."""
     import statistics
 
-    import torch
+    from benchmarks.decode_loop import decode_pair
 
-    from ensemblehub_core.types import Message
-
-    msgs = [Message(role="user", content=LOOP_QUESTION)]
-    ids = torch.tensor([gen.encode_prompt(msgs)])
-
-    def generate() -> int:
-        with torch.inference_mode():
-            out = gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                                     do_sample=False, eos_token_id=sorted(gen.eos_ids),
-                                     pad_token_id=gen.tokenizer.pad_token_id)
-        return int(out.shape[1] - ids.shape[1])
-
-    def session() -> int:
-        return asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=tokens))).token_count
-
-    if generate() != session():  # also the warm-up
+    generate, session = decode_pair(gen, tokens)
+    if len(generate()) != session(tokens).token_count:  # also the warm-up
         print(f"{gen.name}: generate and the session stopped at different lengths")
-    speeds: dict[str, list[float]] = {"generate": [], "session": []}
+    runners: dict[str, Callable[[], int]] = {"generate": lambda: len(generate()),
+                                             "session": lambda: session(tokens).token_count}
+    speeds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(runs):
-        for name, fn in (("generate", generate), ("session", session)):
+        for name, fn in runners.items():
             t0 = time.perf_counter()
             n = fn()
             speeds[name].append(n / (time.perf_counter() - t0))
