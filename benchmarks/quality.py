@@ -29,7 +29,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from benchmarks.datasets import Item, arithmetic, fcc_extra, gsm_symbolic, is_correct, mmlu, quartz, two_operand
+from benchmarks.datasets import (
+    Item,
+    arithmetic,
+    fcc_extra,
+    gsm_symbolic,
+    is_correct,
+    medmcqa,
+    mmlu,
+    quartz,
+    two_operand,
+)
 from ensemblehub_core import calibration as cal
 from ensemblehub_core.config import HubConfig, load_config, parse_config
 from ensemblehub_core.engine import Ensemble, to_messages
@@ -55,6 +65,7 @@ SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], 
     "gsm_symbolic": (lambda n: gsm_symbolic(n, seed=42), lambda n: gsm_symbolic(n, seed=DEV_SEED), 160),
     "quartz": (lambda n: quartz(n, seed=0), lambda n: quartz(n, seed=1), 16),
     "fcc_extra": (lambda n: fcc_extra(n, seed=0), lambda n: fcc_extra(n, seed=1), 16),
+    "medmcqa": (lambda n: medmcqa(n, seed=0), lambda n: medmcqa(n, seed=1), 16),
 }
 MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ (this order)
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
@@ -332,7 +343,13 @@ def main() -> None:
         make_test, make_dev, max_tokens = SETS[set_name]
         t_items = make_test(args.test)
         seen = {it.prompt for it in t_items}
-        d_items = [it for it in make_dev(args.dev + 10) if it.prompt not in seen][: args.dev]  # no overlap
+        # No overlap. A small set (MedMCQA has 300 questions) shares more of a second sample with the test split,
+        # so that draws more; the larger sets keep the dev items they were measured with.
+        d_items: list[Item] = []
+        for extra in (10, args.test + 10):
+            d_items = [it for it in make_dev(args.dev + extra) if it.prompt not in seen][: args.dev]
+            if len(d_items) == args.dev:
+                break
         if args.dev and len(d_items) < args.dev:
             raise SystemExit(f"{set_name}: only {len(d_items)} of {args.dev} dev items differ from the test items; "
                              "calibration needs a dev split of its own (change the dev seed)")

@@ -204,6 +204,42 @@ def loop(tokens: int = 64, runs: int = 5) -> dict[str, Any]:
         rows.append([source.split(":")[1], f"{g:.1f}", f"{s:.1f}", f"{s / g:.3f}"])
     table(f"Decode loop: HFSession / plain model.generate, {tokens} greedy tokens (ratio >= 0.95 wanted)",
           ["model", "generate tok/s", "session tok/s", "ratio"], rows)
+    out["answer_text"] = _answer_text_cost()
+    return out
+
+
+def _answer_text_cost(length: int = 512) -> dict[str, Any]:
+    """Host time per token to keep an answer's text for the stop-string check, over a ``length``-token answer:
+    decoding the whole answer at every token (the loop before `AnswerText`) against `AnswerText`'s window."""
+    from ensemblehub_core._text import cut_text
+    from ensemblehub_core.generators._hf_common import AnswerText
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.pool import ModelPool
+
+    text = " ".join(f"Step {i}: add {i} to the total, which is now {i * (i + 1) // 2}." for i in range(200))
+    out: dict[str, Any] = {"tokens": length}
+    rows = []
+    for source in DTYPE_MODELS:
+        tok = ModelPool.default().get(ModelSpec(source=source)).tokenizer
+        ids = tok(text, add_special_tokens=False).input_ids[:length]
+
+        def decode(part: Any, tok: Any = tok) -> str:
+            return str(tok.decode(list(part), skip_special_tokens=False))
+
+        t0 = time.perf_counter()
+        for k in range(1, len(ids) + 1):
+            cut_text(decode(ids[:k]), ["\n\nQuestion:"], [])
+        whole = (time.perf_counter() - t0) / len(ids)
+        answer = AnswerText(decode)
+        t0 = time.perf_counter()
+        for i in ids:
+            cut_text(answer.append(i), ["\n\nQuestion:"], [])
+        window = (time.perf_counter() - t0) / len(ids)
+        assert answer.text == decode(ids)
+        out[source] = {"whole_us": round(whole * 1e6, 1), "window_us": round(window * 1e6, 1)}
+        rows.append([source.split(":")[1], f"{whole * 1e6:.0f}", f"{window * 1e6:.0f}", f"{window / whole:.3f}"])
+    table(f"Answer text for the stop-string check, per token over a {length}-token answer (us)",
+          ["model", "decode whole answer", "AnswerText window", "ratio"], rows)
     return out
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ensemblehub_core._text import settled_text
 from ensemblehub_core.exceptions import ConfigError, GeneratorError, InputError
-from ensemblehub_core.generators._hf_common import HFBase
+from ensemblehub_core.generators._hf_common import AnswerText, HFBase
 from ensemblehub_core.generators.base import GeneratorSession, PrefixSession, SegmentRequest
 from ensemblehub_core.models.loader import end_of_turn_id
 from ensemblehub_core.tools import ToolSpec
@@ -203,7 +203,7 @@ class HFGenerator(HFBase):
         budget = min(request.max_new_tokens, self.context_length - width)
         dev = self.model.device
         n = len(prompts)
-        new: list[list[int]] = [[] for _ in prompts]
+        answers = [AnswerText(self.decode) for _ in prompts]
         emitted: list[list[int]] = [[] for _ in prompts]  # new + the EOS id a row ended with
         chosen = T.ChosenLogprobs()  # per step, every row's (read once at the end)
         texts = [""] * n
@@ -233,7 +233,7 @@ class HFGenerator(HFBase):
                     for row, tok in enumerate(read.tolist()):
                         if not done[row]:
                             emitted[row].append(tok)
-                            done[row], finish[row], texts[row] = self._advance(new[row], tok, request)
+                            done[row], finish[row], texts[row] = self._advance(answers[row], tok, request)
                             changed |= done[row]
                     if all(done) or last:
                         break
@@ -253,7 +253,7 @@ class HFGenerator(HFBase):
             Candidate(
                 member=self.name,
                 text=texts[i],
-                token_count=len(new[i]) + (1 if finish[i] == "eos" else 0),
+                token_count=len(answers[i].ids) + (1 if finish[i] == "eos" else 0),
                 prompt_tokens=len(prompts[i]),
                 finish_reason=finish[i],  # type: ignore[arg-type]
                 elapsed_s=elapsed,
@@ -330,7 +330,8 @@ class HFSession(GeneratorSession):
         self.forwarded_tokens += len(pending)
         ahead = reads_ahead(logits.device)
         gen = seeded_generator(request.seed, logits.device)
-        new: list[int] = []
+        answer = AnswerText(self.gen.decode)
+        new = answer.ids
         chosen = ChosenLogprobs()
         fed, finish, text = 0, "length", ""
         ends = [*request.stop, *self.gen.end_strings] if request.on_text is not None else []
@@ -343,7 +344,7 @@ class HFSession(GeneratorSession):
                 logits = self.kv.forward(tok)
                 fed += 1
             tok_id = int(read.tolist())
-            done, finish, text = self.gen._advance(new, tok_id, request)
+            done, finish, text = self.gen._advance(answer, tok_id, request)
             if done or last:
                 if ahead and not last:  # the step queued after the final token is not part of the candidate
                     self.forwarded_tokens += 1

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import GeneratorError
+from ensemblehub_core.generators._hf_common import AnswerText
 from ensemblehub_core.generators.base import SegmentRequest
 from ensemblehub_core.types import Candidate, Message
 
@@ -69,7 +70,7 @@ class _Row:
     budget: int
     gen: torch.Generator | None = None
     filled: int = 0  # prompt tokens whose keys and values are computed (chunked prefill)
-    new: list[int] = field(default_factory=list)
+    answer: AnswerText  # the new tokens and their text
     text: str = ""
     peak: int = 0  # the largest batch this row was decoded in
     started: float = field(default_factory=time.perf_counter)
@@ -115,7 +116,7 @@ class StepBatcher:
         """
         m = self.member
         prompt = m.encode_prompt(messages, request.tools) + m.encode(prefix)
-        row = _Row(prompt=prompt, request=request, future=concurrent.futures.Future(),
+        row = _Row(prompt=prompt, request=request, future=concurrent.futures.Future(), answer=AnswerText(m.decode),
                    budget=min(request.max_new_tokens, m.context_length - len(prompt)))
         with self._cond:
             self._incoming.append(row)
@@ -338,8 +339,8 @@ class StepBatcher:
                 continue
             finish = "length"
             if row.budget > 0:
-                done, finish, row.text = m._advance(row.new, tok, row.request)
-                if not done and len(row.new) < row.budget:
+                done, finish, row.text = m._advance(row.answer, tok, row.request)
+                if not done and len(row.answer.ids) < row.budget:
                     keep.append(i)
                     continue
             self._finish(row, finish)
@@ -371,7 +372,7 @@ class StepBatcher:
     def _finish(self, row: _Row, finish: str) -> None:
         self.peaks.append(row.peak)
         cand = Candidate(
-            member=self.member.name, text=row.text, token_count=len(row.new) + (finish == "eos"),
+            member=self.member.name, text=row.text, token_count=len(row.answer.ids) + (finish == "eos"),
             prompt_tokens=len(row.prompt),
             finish_reason=finish,  # type: ignore[arg-type]
             elapsed_s=time.perf_counter() - row.started,

@@ -36,7 +36,7 @@ def test_chunked_prefill_interleaves_decode_steps_and_gives_the_same_answer(tiny
         fill = chunked._fill_chunk
 
         def spy() -> None:
-            seen.append([len(r.new) for r in chunked._rows])
+            seen.append([len(r.answer.ids) for r in chunked._rows])
             fill()
 
         chunked._fill_chunk = spy  # type: ignore[method-assign]
@@ -46,7 +46,7 @@ def test_chunked_prefill_interleaves_decode_steps_and_gives_the_same_answer(tiny
             # The short one is decoding when the long one arrives (waited for, not slept on: a busy machine
             # may not have started it after a fixed sleep, or a fast one may have finished it).
             deadline = asyncio.get_running_loop().time() + 60
-            while not any(r.new for r in chunked._rows):
+            while not any(r.answer.ids for r in chunked._rows):
                 assert asyncio.get_running_loop().time() < deadline and not short.done()
                 await asyncio.sleep(0.001)
             got = await chunked.complete(LONG, "", req_long)

@@ -95,6 +95,38 @@ def test_tokenizers_round_trip_text(models: dict[str, LoadedModel]) -> None:
         assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text, name
 
 
+def test_answer_text_decodes_as_the_whole_answer(models: dict[str, LoadedModel]) -> None:
+    """The text a decode loop builds a few tokens at a time is, after every token, what decoding all of them gives:
+    on text with spaces, punctuation, CJK and emoji split over byte tokens, and on random ids (special tokens and
+    stray byte pieces included). On plain text, each decode call reads two tokens."""
+    import random
+
+    from ensemblehub_core.generators._hf_common import AnswerText
+
+    text = "Hello  world , don't stop . 45 + 2 = 47\n\nCafé, 日本語 🙂🎉 x=3*4;\n    return 1 !"
+    plain = "The answer is 47 , and it isn't 48 .\n\n    return x"
+    rng = random.Random(0)
+    for name in REAL_MODELS:
+        tok = models[name].tokenizer
+
+        def decode(ids: Any, tok: Any = tok) -> str:
+            return str(tok.decode(list(ids), skip_special_tokens=False))
+
+        widths: list[int] = []
+
+        def counted(ids: Any, widths: list[int] = widths, decode: Any = decode) -> str:
+            widths.append(len(ids))
+            return decode(ids)
+
+        for ids, reader in [(tok(text, add_special_tokens=False).input_ids, decode),
+                            (tok(plain, add_special_tokens=False).input_ids, counted),
+                            ([rng.randrange(len(tok)) for _ in range(300)], decode)]:
+            answer = AnswerText(reader)
+            for k, i in enumerate(ids, 1):
+                assert answer.append(i) == decode(ids[:k]), (name, k)
+        assert max(widths) == 2, (name, max(widths))
+
+
 def test_smollm2_bf16_matches_its_gguf_fp32(models: dict[str, LoadedModel]) -> None:
     from transformers import AutoModelForCausalLM
 
