@@ -232,10 +232,19 @@ def _calibrate_panel(ens: Ensemble, items: list[tuple[str, list[Message], str]],
     before = cal.select_accuracy(held, ens.panel)
     after = cal.select_accuracy(held, ens.panel, report.weights, report.calibration)
     print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (best of the members' answers):")
-    for name in ens.members:
-        alone = sum(r.correct[list(ens.members).index(name)] for r in held) / len(held)
-        print(f"  {name} alone: {alone:.3f}")
+    alone = {name: sum(r.correct[i] for r in held) / len(held) for i, name in enumerate(ens.members)}
+    for name, acc in alone.items():
+        print(f"  {name} alone: {acc:.3f}")
     print(f"  panel as configured: {before:.3f}\n  panel calibrated:    {after:.3f}")
+    # A fit on a small dev file can follow its quirks (e.g. which option letter happens to be right most often)
+    # and pick worse than one member alone; say so rather than let a worse config pass unnoticed.
+    rival, rival_acc = max([("the panel as configured", before), *((f"{n} alone", a) for n, a in alone.items())],
+                           key=lambda pair: pair[1])
+    if after < rival_acc:
+        print(f"warning: on the held-out items the calibrated panel ({after:.3f}) picks worse than {rival} "
+              f"({rival_acc:.3f}). The fit may follow chance patterns of these {len(items)} dev items: add dev "
+              "items (a few hundred) and calibrate again, or keep the configuration that did better",
+              file=sys.stderr)
     for member, (a, b) in report.calibration.items():
         print(f"  confidence calibration {member}: slope {a:.3f}, intercept {b:.3f}")
     if report.weights:

@@ -91,3 +91,27 @@ def test_calibrate_needs_the_answer_field(files, tmp_path, capsys):
     dev.write_text(json.dumps({"question": "What is 1 + 2?"}) + "\n", encoding="utf-8")
     assert main(["calibrate", "--config", str(config), "--dev", str(dev), "--output", str(tmp_path / "c.yaml")]) == 2
     assert "--answer-field" in capsys.readouterr().err
+
+
+def test_calibrate_warns_when_the_fit_picks_worse_than_a_member_alone(files, tmp_path, capsys):
+    # References chosen so the fitted part says "trust the sure member" and the held-out part says the opposite:
+    # the fit cannot see it, and the report must say that the calibrated panel loses to the other member alone.
+    config, _ = files
+    ids = [f"q{i}" for i in range(1, 41)]
+    _, held = cal.split(ids, 0.3)
+    dev = tmp_path / "misleading.jsonl"
+    dev.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + {2 * i}?",
+                                       "answer": str(3 * i if f"q{i}" in held else 3 * i + 1)}) + "\n"
+                           for i in range(1, 41)), encoding="utf-8")
+    assert main(["calibrate", "--config", str(config), "--ensemble", "pair", "--dev", str(dev),
+                 "--output", str(tmp_path / "c.yaml")]) == 0
+    out, err = capsys.readouterr()
+    assert "unsure alone: 1.000" in out and "panel calibrated:    0.000" in out
+    assert "warning: on the held-out items the calibrated panel (0.000) picks worse than unsure alone (1.000)" in err
+
+
+def test_calibrate_does_not_warn_when_the_fit_helps(files, tmp_path, capsys):
+    config, dev = files
+    assert main(["calibrate", "--config", str(config), "--ensemble", "pair", "--dev", str(dev),
+                 "--output", str(tmp_path / "c.yaml")]) == 0
+    assert "warning" not in capsys.readouterr().err
