@@ -202,6 +202,27 @@ def _progress(what: str) -> Callable[[int, int], None]:
     return show
 
 
+def _print_heldout(title: str, alone: dict[str, float], configured: tuple[str, float], fitted: tuple[str, float],
+                   subject: str, dev_items: int) -> None:
+    """Held-out accuracy of each member alone, the ensemble as configured and as fitted (``(label, accuracy)``);
+    a warning on stderr, naming the fit as ``subject``, when the fit does worse than one of the others."""
+    print(title)
+    for name, acc in alone.items():
+        print(f"  {name} alone: {acc:.3f}")
+    width = len(configured[0]) + 2
+    for label, acc in (configured, fitted):
+        print(f"  {label + ':':<{width}}{acc:.3f}")
+    # A fit on a small dev file can follow its quirks (e.g. which option letter happens to be right most often)
+    # and pick worse than one member alone; say so rather than let a worse config pass unnoticed.
+    rival, rival_acc = max([(f"the {configured[0]}", configured[1]), *((f"{n} alone", a) for n, a in alone.items())],
+                           key=lambda pair: pair[1])
+    if fitted[1] < rival_acc:
+        print(f"warning: on the held-out items {subject} ({fitted[1]:.3f}) picks worse than {rival} "
+              f"({rival_acc:.3f}). The fit may follow chance patterns of these {dev_items} dev items: add dev "
+              "items (a few hundred) and calibrate again, or keep the configuration that did better",
+              file=sys.stderr)
+
+
 def _calibrate_panel(ens: Ensemble, items: list[tuple[str, list[Message], str]], fit_ids: list[str],
                      heldout_ids: list[str], args: argparse.Namespace, default_max: int | None) -> CalibrationReport:
     """Confidence calibration and panel weights: each member answers, the panel scores, the fit learns which
@@ -231,20 +252,10 @@ def _calibrate_panel(ens: Ensemble, items: list[tuple[str, list[Message], str]],
     report = cal.fit(fitted, ens.panel, list(ens.members))
     before = cal.select_accuracy(held, ens.panel)
     after = cal.select_accuracy(held, ens.panel, report.weights, report.calibration)
-    print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (best of the members' answers):")
     alone = {name: sum(r.correct[i] for r in held) / len(held) for i, name in enumerate(ens.members)}
-    for name, acc in alone.items():
-        print(f"  {name} alone: {acc:.3f}")
-    print(f"  panel as configured: {before:.3f}\n  panel calibrated:    {after:.3f}")
-    # A fit on a small dev file can follow its quirks (e.g. which option letter happens to be right most often)
-    # and pick worse than one member alone; say so rather than let a worse config pass unnoticed.
-    rival, rival_acc = max([("the panel as configured", before), *((f"{n} alone", a) for n, a in alone.items())],
-                           key=lambda pair: pair[1])
-    if after < rival_acc:
-        print(f"warning: on the held-out items the calibrated panel ({after:.3f}) picks worse than {rival} "
-              f"({rival_acc:.3f}). The fit may follow chance patterns of these {len(items)} dev items: add dev "
-              "items (a few hundred) and calibrate again, or keep the configuration that did better",
-              file=sys.stderr)
+    _print_heldout(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (best of the members' "
+                   "answers):", alone, ("panel as configured", before), ("panel calibrated", after),
+                   "the calibrated panel", len(items))
     for member, (a, b) in report.calibration.items():
         print(f"  confidence calibration {member}: slope {a:.3f}, intercept {b:.3f}")
     if report.weights:
@@ -275,11 +286,10 @@ def _calibrate_choice(ens: Ensemble, params: ChoiceParams, items: list[tuple[str
     members = list(ens.members)
     configured = {m: float(params.weights.get(m, 1.0)) for m in members}
     weights = cal.fit_pool(fitted, members)
-    print(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (pooled option choice):")
-    for name in members:
-        print(f"  {name} alone: {cal.pool_accuracy(held, {name: 1.0}):.3f}")
-    print(f"  weights as configured: {cal.pool_accuracy(held, configured):.3f}")
-    print(f"  weights fitted:        {cal.pool_accuracy(held, weights):.3f}")
+    _print_heldout(f"fitted on {len(fitted)} items, accuracy on {len(held)} held-out items (pooled option choice):",
+                   {name: cal.pool_accuracy(held, {name: 1.0}) for name in members},
+                   ("weights as configured", cal.pool_accuracy(held, configured)),
+                   ("weights fitted", cal.pool_accuracy(held, weights)), "the fitted pool", len(readings))
     print("  weights: " + ", ".join(f"{n} {w:.3f}" for n, w in weights.items()))
     return cal.CalibrationReport(pool_weights=weights)
 
