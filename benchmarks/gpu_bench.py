@@ -14,11 +14,15 @@ path (``device: cuda``, ``dtype: auto``) and measures, warm, as medians:
 
 Each result is printed and appended as a JSON line to ``OUT/gpu_bench.jsonl`` as soon as it is measured, so a run
 cut short still leaves what it got. ``--device cpu --small`` is a dry run with tiny shapes and few tokens.
+``--device cpu --deep`` keeps the real depths (28 and 24 layers) at 64 wide and runs on one thread: nearly all of
+a step is then host work (Python, kernel launches), as it is for models of this size on a GPU, so the ratios show
+where the engine's own host work costs, without a GPU. It is a proxy, not a GPU figure.
 
 Usage::
 
     python -m benchmarks.gpu_bench --out "$OUT"            # on the GPU machine
     python -m benchmarks.gpu_bench --device cpu --small --out /tmp/bench
+    python -m benchmarks.gpu_bench --device cpu --deep --only session,segment,token,batch --out /tmp/bench
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ class Bench:
         self.torch = torch
         self.device = args.device
         self.small = args.small
+        self.deep = args.deep
+        # The proxy stays in float32: CPU bf16 kernels for a few tokens at once are slower than for one (a CPU
+        # matmul artefact, not host work), which would blur what the proxy is for.
+        self.dtype = "float32" if self.deep else "auto"
         self.runs = args.runs
         out = Path(args.out or os.environ.get("OUT") or "/tmp/gpu_bench")
         out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +85,7 @@ class Bench:
         return statistics.median(times), result
 
     def write(self, name: str, **facts: Any) -> None:
-        row = {"name": name, "device": self.device, "small": self.small,
+        row = {"name": name, "device": self.device, "small": self.small, "deep": self.deep,
                "at_s": round(time.perf_counter() - self.started, 1), **facts}
         print(json.dumps(row), flush=True)
         with self.path.open("a") as f:
@@ -88,10 +96,14 @@ def build_models(b: Bench) -> dict[str, str]:
     root = Path("/tmp/ensemblehub_gpu_models")
     dtype = "bfloat16" if b.device.startswith("cuda") else "float32"
     shapes = {"qwen": TINY_QWEN, "smol": TINY_SMOL} if b.small else {"qwen": QWEN_1_5B, "smol": SMOL_1_7B}
+    if b.deep:  # the real depths, tiny widths
+        shapes = {"qwen": {**TINY_QWEN, "num_hidden_layers": QWEN_1_5B["num_hidden_layers"]},
+                  "smol": {**TINY_SMOL, "num_hidden_layers": SMOL_1_7B["num_hidden_layers"]}}
+    size = "small" if b.small else "deep" if b.deep else "full"
     out = {}
     for name, shape in shapes.items():
         t = time.perf_counter()
-        folder = root / f"{name}-{'small' if b.small else 'full'}-{dtype}"
+        folder = root / f"{name}-{size}-{dtype}"
         out[name] = str(build_random_model(tok_root() / name, folder, shape, dtype=dtype, device=b.device))
         b.write("build", model=name, folder=out[name], s=round(time.perf_counter() - t, 1))
     return out
@@ -102,7 +114,7 @@ def member(b: Bench, folder: str, name: str) -> Any:
     from ensemblehub_core.models import ModelSpec
     from ensemblehub_core.pool import ModelPool
 
-    return HFGenerator(name, ModelPool.default().get(ModelSpec(source=folder, dtype="auto", device=b.device)))
+    return HFGenerator(name, ModelPool.default().get(ModelSpec(source=folder, dtype=b.dtype, device=b.device)))
 
 
 def bench_session_vs_generate(b: Bench, gen: Any) -> float:
@@ -124,7 +136,7 @@ def hub_for(b: Bench, models: dict[str, str], strategies: dict[str, dict[str, An
     from ensemblehub_core.config import parse_config
     from ensemblehub_core.hub import Hub
 
-    members = [{"name": n, "model": f, "device": b.device, "dtype": "auto"} for n, f in models.items()]
+    members = [{"name": n, "model": f, "device": b.device, "dtype": b.dtype} for n, f in models.items()]
     ens = {}
     for name, strategy in strategies.items():
         e: dict[str, Any] = {"members": members, "strategy": strategy}
@@ -154,11 +166,19 @@ def bench_token_level(b: Bench, models: dict[str, str], own_step_s: float) -> No
     n = 16 if b.small else 64
     for name in ("gac", "unite"):
         ens = hub.ensemble(name)
+        # Members that never end, so every run decodes all n tokens. Random weights leave the end tokens' logits
+        # at 0 while the others spread around it; the union vocabulary pools all of a member's end tokens into
+        # one entry, so with the end tokens kept `gac` stops after its first token and times nothing.
+        for gen in ens.members.values():
+            gen.eos_ids = set()
         ens.generate(Q, max_tokens=4, temperature=0.0)  # warm-up (builds the union vocabulary once)
         steps = []
         for _ in range(b.runs):
             b.sync()
             result = ens.generate(Q, max_tokens=n, temperature=0.0)
+            if result.usage.completion_tokens < n:
+                raise RuntimeError(f"{name} stopped after {result.usage.completion_tokens} of {n} tokens "
+                                   f"({result.finish_reason}): its step time would not be measured")
             steps.append(result.extra["token_level"]["decode_step_s"])
         step = statistics.median(steps)
         b.write("token_level", strategy=name, tokens=n, step_ms=round(step * 1000, 2),
@@ -227,11 +247,20 @@ def bench_compiled(b: Bench, eager: Any) -> None:
     b.write("compiled_warmup", member=gen.name, s=round(time.perf_counter() - t, 1))
     t_ses, cand = b.timed(lambda: asyncio.run(gen.complete(msgs, "", SegmentRequest(max_new_tokens=n))))
 
+    from transformers import CompileConfig
+
+    # transformers compiles `generate` by itself on CUDA only; elsewhere it must be told to, in the mode the
+    # member's compiled step uses there (CUDA graphs exist on CUDA only).
+    compile_config = None
+    if not b.device.startswith("cuda"):
+        compile_config = CompileConfig(mode="default")
+        compile_config._compile_all_devices = True  # type: ignore[assignment]  # transformers types it None
+
     def generate() -> Any:
         with torch.inference_mode():
             return gen.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                      cache_implementation="static", eos_token_id=sorted(gen.eos_ids),
-                                      pad_token_id=gen.tokenizer.pad_token_id)
+                                      cache_implementation="static", compile_config=compile_config,
+                                      eos_token_id=sorted(gen.eos_ids), pad_token_id=gen.tokenizer.pad_token_id)
 
     t = time.perf_counter()
     generate()
@@ -242,7 +271,7 @@ def bench_compiled(b: Bench, eager: Any) -> None:
     b.write("compiled_vs_compiled_generate", member=gen.name, tokens=n,
             session_tok_s=round(cand.token_count / t_ses, 2), generate_tok_s=round(gen_tokens / t_gen, 2),
             ratio=round((cand.token_count / t_ses) / (gen_tokens / t_gen), 3), goal=">= 0.8",
-            fell_back=gen.compiled is None or gen.compiled.broken,
+            fell_back=gen.compiled is None or gen.compiled.broken is not None,
             same_tokens_as_eager_session=cand.token_ids == eager_cand.token_ids)
 
 
@@ -250,14 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--small", action="store_true", help="tiny shapes and few tokens (a CPU dry run)")
+    parser.add_argument("--deep", action="store_true",
+                        help="the real depths at 64 wide, one thread, full token counts: a host-bound CPU proxy")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--out", default=None, help="folder for gpu_bench.jsonl (default: $OUT)")
     parser.add_argument("--only", default="session,segment,token,batch,compiled", help="which parts to run")
     parser.add_argument("--budget-s", type=float, default=330.0,
                         help="start no part after this many seconds (the compiled part needs 120 s left)")
     args = parser.parse_args(argv)
+    if args.deep and (args.small or args.device != "cpu"):
+        parser.error("--deep is a CPU proxy: use it with --device cpu and without --small")
     b = Bench(args)
     torch = b.torch
+    if b.deep:
+        torch.set_num_threads(1)  # one thread: what the host does per step, not how the CPU parallelises a matmul
     if b.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device; use --device cpu --small for a dry run", file=sys.stderr)
         return 2
