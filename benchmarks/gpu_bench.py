@@ -93,7 +93,7 @@ class Bench:
 
 
 def build_models(b: Bench) -> dict[str, str]:
-    root = Path("/tmp/ensemblehub_gpu_models")
+    root = Path(os.environ.get("ENSEMBLEHUB_GPU_MODELS", "/tmp/ensemblehub_gpu_models"))
     dtype = "bfloat16" if b.device.startswith("cuda") else "float32"
     shapes = {"qwen": TINY_QWEN, "smol": TINY_SMOL} if b.small else {"qwen": QWEN_1_5B, "smol": SMOL_1_7B}
     if b.deep:  # the real depths, tiny widths

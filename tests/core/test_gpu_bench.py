@@ -15,14 +15,28 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_token_level_rows_time_every_token(tmp_path: Path) -> None:
+def _tok_folders(root: Path) -> Path:
+    """``qwen/`` and ``smol/`` config + tokenizer folders (no weights) from the embedded Qwen2.5 and SmolLM2."""
+    from ensemblehub_core.models import ModelSpec
+    from ensemblehub_core.pool import ModelPool
+
+    for name, source in (("qwen", "embedded:qwen2.5-coder-0.5b-instruct"), ("smol", "embedded:smollm2-135m-instruct")):
+        loaded = ModelPool.default().get(ModelSpec(source=source))
+        loaded.model.config.save_pretrained(root / name)
+        loaded.tokenizer.save_pretrained(root / name)
+    return root
+
+
+def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks import gpu_bench
     from benchmarks.random_models import tok_root
 
-    if not (tok_root() / "qwen" / "config.json").exists():
-        pytest.skip(f"no config + tokenizer folders under {tok_root()} (copy ../shared/gpu/tok to .gpu/tok)")
-    rc = gpu_bench.main(["--device", "cpu", "--deep", "--only", "token", "--runs", "1", "--out", str(tmp_path)])
-    rows = [json.loads(line) for line in (tmp_path / "gpu_bench.jsonl").read_text().splitlines()]
+    if not (tok_root() / "qwen" / "config.json").exists():  # the GPU machine's folders, else the embedded models'
+        monkeypatch.setenv("ENSEMBLEHUB_GPU_TOK", str(_tok_folders(tmp_path / "tok")))
+    monkeypatch.setenv("ENSEMBLEHUB_GPU_MODELS", str(tmp_path / "models"))
+    out = tmp_path / "out"
+    rc = gpu_bench.main(["--device", "cpu", "--deep", "--only", "token", "--runs", "1", "--out", str(out)])
+    rows = [json.loads(line) for line in (out / "gpu_bench.jsonl").read_text().splitlines()]
     errors = [r for r in rows if r["name"] == "error"]
     assert rc == 0 and not errors, errors
     token = {r["strategy"]: r for r in rows if r["name"] == "token_level"}
