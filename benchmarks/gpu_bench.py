@@ -291,11 +291,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--deep is a CPU proxy: use it with --device cpu and without --small")
     b = Bench(args)
     torch = b.torch
-    if b.deep:
-        torch.set_num_threads(1)  # one thread: what the host does per step, not how the CPU parallelises a matmul
     if b.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device; use --device cpu --small for a dry run", file=sys.stderr)
         return 2
+    threads = torch.get_num_threads()
+    if b.deep:
+        torch.set_num_threads(1)  # one thread: what the host does per step, not how the CPU parallelises a matmul
+    try:
+        return measure(b, args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in the same process (a test run) keeps its threads
+
+
+def measure(b: Bench, args: argparse.Namespace) -> int:
+    """Every part ``args.only`` names, in order, within ``args.budget_s``; 1 when any part failed."""
+    torch = b.torch
     b.write("env", torch=torch.__version__, transformers=__import__("transformers").__version__,
             gpu=torch.cuda.get_device_name(0) if b.device.startswith("cuda") else None)
     models = build_models(b)

@@ -28,6 +28,8 @@ def _tok_folders(root: Path) -> Path:
 
 
 def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     from benchmarks import gpu_bench
     from benchmarks.random_models import tok_root
 
@@ -35,6 +37,7 @@ def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv("ENSEMBLEHUB_GPU_TOK", str(_tok_folders(tmp_path / "tok")))
     monkeypatch.setenv("ENSEMBLEHUB_GPU_MODELS", str(tmp_path / "models"))
     out = tmp_path / "out"
+    threads = torch.get_num_threads()
     rc = gpu_bench.main(["--device", "cpu", "--deep", "--only", "token", "--runs", "1", "--out", str(out)])
     rows = [json.loads(line) for line in (out / "gpu_bench.jsonl").read_text().splitlines()]
     errors = [r for r in rows if r["name"] == "error"]
@@ -43,3 +46,4 @@ def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.M
     assert set(token) == {"gac", "unite"}
     for row in token.values():
         assert row["step_ms"] > 0 and row["ratio"] > 0
+    assert torch.get_num_threads() == threads  # the proxy's one thread does not outlive it
