@@ -95,11 +95,13 @@ class Bench:
 def build_models(b: Bench) -> dict[str, str]:
     root = Path(os.environ.get("ENSEMBLEHUB_GPU_MODELS", "/tmp/ensemblehub_gpu_models"))
     dtype = "bfloat16" if b.device.startswith("cuda") else "float32"
-    shapes = {"qwen": TINY_QWEN, "smol": TINY_SMOL} if b.small else {"qwen": QWEN_1_5B, "smol": SMOL_1_7B}
-    if b.deep:  # the real depths, tiny widths
-        shapes = {"qwen": {**TINY_QWEN, "num_hidden_layers": QWEN_1_5B["num_hidden_layers"]},
-                  "smol": {**TINY_SMOL, "num_hidden_layers": SMOL_1_7B["num_hidden_layers"]}}
     size = "small" if b.small else "deep" if b.deep else "full"
+    shapes = {
+        "small": {"qwen": TINY_QWEN, "smol": TINY_SMOL},
+        "full": {"qwen": QWEN_1_5B, "smol": SMOL_1_7B},
+        "deep": {"qwen": {**TINY_QWEN, "num_hidden_layers": QWEN_1_5B["num_hidden_layers"]},  # real depths,
+                 "smol": {**TINY_SMOL, "num_hidden_layers": SMOL_1_7B["num_hidden_layers"]}},  # tiny widths
+    }[size]
     out = {}
     for name, shape in shapes.items():
         t = time.perf_counter()
