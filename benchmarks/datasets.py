@@ -59,15 +59,13 @@ def mmlu(n: int, seed: int = 0) -> list[Item]:
 
 # "Eric adds more resistors ... The resistance\n\n A: increases\n B: decreases"
 _QUARTZ = re.compile(r"^(?P<q>.*?)\s*\n\s*A: (?P<a>.*)\n\s*B: (?P<b>.*?)\s*$", re.DOTALL)
-# "Which of ... band?\nA. 18.068 MHz\nB. ...\nC. ...\nD. ...\n"
-_FCC = re.compile(r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*$", re.DOTALL)
+# FCC: "Which of ... band?\nA. 18.068 MHz\nB. ...\nC. ...\nD. ...\n"; CISSP ends with an "Answer:" cue.
+_LETTERED = re.compile(
+    r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*(?:\nAnswer:\s*)?$", re.DOTALL
+)
 # "Subject: Anatomy\n\nChronic urethral obstruction ... parenchyma\n\na) Hyperplasia\nb) ...\nc) ...\nd) ..."
 _MEDMCQA = re.compile(
     r"^Subject: [^\n]*\n\n(?P<q>.*?)\n\na\) (?P<a>.*)\nb\) (?P<b>.*)\nc\) (?P<c>.*)\nd\) (?P<d>.*?)\s*$", re.DOTALL
-)
-# "Which of the following ... resources?\nA. Confidentiality\nB. ...\nC. ...\nD. Authenticity\nAnswer:"
-_CISSP = re.compile(
-    r"^(?P<q>.*?)\nA\. (?P<a>.*)\nB\. (?P<b>.*)\nC\. (?P<c>.*)\nD\. (?P<d>.*?)\s*\nAnswer:\s*$", re.DOTALL
 )
 
 
@@ -90,7 +88,7 @@ def quartz(n: int, seed: int = 0) -> list[Item]:
 
 def fcc_extra(n: int, seed: int = 0) -> list[Item]:
     """``n`` questions of the US FCC Amateur Extra radio licence pool (four options), sampled with ``seed``."""
-    return _choice_items("fcc", _evals_rows("fcc_amateur_extra/samples.jsonl", _FCC, "abcd"), n, seed)
+    return _choice_items("fcc", _evals_rows("fcc_amateur_extra/samples.jsonl", _LETTERED, "abcd"), n, seed)
 
 
 def medmcqa(n: int, seed: int = 0) -> list[Item]:
@@ -102,7 +100,7 @@ def medmcqa(n: int, seed: int = 0) -> list[Item]:
 def cissp(n: int, seed: int = 0) -> list[Item]:
     """``n`` CISSP (information security certification) study questions (four options, 143 in the evals data),
     sampled with ``seed``."""
-    return _choice_items("cissp", _evals_rows("cissp-study-questions/samples.jsonl", _CISSP, "abcd"), n, seed)
+    return _choice_items("cissp", _evals_rows("cissp-study-questions/samples.jsonl", _LETTERED, "abcd"), n, seed)
 
 
 def arithmetic(n: int, seed: int = 42) -> list[Item]:
