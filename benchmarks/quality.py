@@ -43,15 +43,15 @@ from benchmarks.datasets import (
     two_operand,
 )
 from ensemblehub_core import calibration as cal
-from ensemblehub_core.config import HubConfig, load_config, parse_config
+from ensemblehub_core.config import HubConfig, ScorerConfig, load_config, parse_config
 from ensemblehub_core.engine import Ensemble, to_messages
-from ensemblehub_core.hub import Hub
+from ensemblehub_core.hub import Hub, build_ensemble
 from ensemblehub_core.scorers.agreement import AgreementScorer
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.scorers.confidence import ConfidenceScorer
 from ensemblehub_core.scorers.cross_likelihood import CrossLikelihoodScorer
 from ensemblehub_core.scorers.likelihood import LikelihoodScorer
-from ensemblehub_core.types import Candidate
+from ensemblehub_core.types import Candidate, GenerationParams
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,6 +75,9 @@ MEMBERS = ("qwen-0.5b", "smollm2-135m", "gemma3-270m")
 #: Members beyond the trio's that ``--members`` can name (the optional Qwen2.5-Coder-1.5B: `make model-qwen-1.5b`).
 EXTRA_MEMBERS = {"qwen-1.5b": "embedded:qwen2.5-coder-1.5b-instruct"}
 REAL = ("duo", "trio")  # segment ensembles of the packaged config, run for real on the test items
+#: ``--real`` name of the segment ensemble built per set: the rated members (``--members``), the trio's segment
+#: strategy, each step picked by its writer's confidence calibrated on that set's dev split.
+SEGMENT_FITTED = "segment-calibrated"
 
 
 def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubConfig:
@@ -87,6 +90,19 @@ def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubCon
     data["ensembles"]["members"] = {"members": chosen, "strategy": "vote"}
     data["ensembles"]["sampled"] = {**data["ensembles"]["vote-qwen-x5"], "members": alone}
     return parse_config(data, cfg.source)
+
+
+def segment_fitted(hub: Hub, calibration: dict[str, tuple[float, float]]) -> Ensemble:
+    """The trio's segment strategy over the rated members with the confidence scorer calibrated on a dev split:
+    what `ensemblehub calibrate` writes for a segment ensemble of these members."""
+    trio, rated = hub.config.ensembles["trio"], hub.config.ensembles["members"]
+    cfg = trio.model_copy(update={
+        "members": rated.members,
+        "scorer": [ScorerConfig(type="confidence", options={"calibration": {
+            m: list(ab) for m, ab in calibration.items()}})],
+        "description": "segments over the rated members, confidence calibrated on the dev split"})
+    defaults = GenerationParams().merged(**hub.config.defaults.model_dump(exclude_none=True))
+    return build_ensemble(cfg, name=SEGMENT_FITTED, pool=hub.pool, defaults=defaults)
 
 
 def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:
@@ -310,7 +326,9 @@ def main() -> None:
                     help="comma-separated: " + ", ".join(SETS) + " (the mixed set comes from mmlu + two_operand)")
     ap.add_argument("--test", type=int, default=100, help="test items per set")
     ap.add_argument("--dev", type=int, default=100, help="dev items per set (calibration only)")
-    ap.add_argument("--real", default=",".join(REAL), help="ensembles of the packaged config run for real")
+    ap.add_argument("--real", default=",".join(REAL),
+                    help=f"ensembles of the packaged config run for real; {SEGMENT_FITTED}: the segment strategy "
+                    "over --members with confidence calibrated on each set's dev split")
     ap.add_argument("--choice", action=argparse.BooleanOptionalAction, default=True,
                     help="rate the choice strategy (pooled option-letter probabilities) on multiple-choice sets")
     ap.add_argument("--records", help="kept answers (default: benchmarks/results/quality-records[-MEMBERS].jsonl)")
@@ -426,7 +444,8 @@ def main() -> None:
                 if all(p is not None for p in parts):
                     systems[label] = [m for p in parts for m in p[: args.test // 2]]  # type: ignore[index]
                 continue
-            marks, timing[name] = real_marks(hub.ensemble(name), test_items[set_name], SETS[set_name][2])
+            ens = segment_fitted(hub, fitted.calibration) if name == SEGMENT_FITTED else hub.ensemble(name)
+            marks, timing[name] = real_marks(ens, test_items[set_name], SETS[set_name][2])
             systems[label] = marks
         rows = rate(systems, list(names))
         report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,
