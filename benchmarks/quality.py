@@ -92,12 +92,12 @@ def with_members(cfg: HubConfig, extra: tuple[str, ...], sampler: str) -> HubCon
     return parse_config(data, cfg.source)
 
 
-def segment_fitted(hub: Hub, calibration: dict[str, tuple[float, float]]) -> Ensemble:
-    """The trio's segment strategy over the rated members with the confidence scorer calibrated on a dev split:
-    what `ensemblehub calibrate` writes for a segment ensemble of these members."""
-    trio, rated = hub.config.ensembles["trio"], hub.config.ensembles["members"]
+def segment_fitted(hub: Hub, names: tuple[str, ...], calibration: dict[str, tuple[float, float]]) -> Ensemble:
+    """The trio's segment strategy over the rated members ``names`` with the confidence scorer calibrated on a dev
+    split: what `ensemblehub calibrate` writes for a segment ensemble of these members."""
+    trio, pooled = hub.config.ensembles["trio"], hub.config.ensembles["members"]
     cfg = trio.model_copy(update={
-        "members": rated.members,
+        "members": [m for m in pooled.members if m.name in names],
         "scorer": [ScorerConfig(type="confidence", options={"calibration": {
             m: list(ab) for m, ab in calibration.items()}})],
         "description": "segments over the rated members, confidence calibrated on the dev split"})
@@ -444,7 +444,7 @@ def main() -> None:
                 if all(p is not None for p in parts):
                     systems[label] = [m for p in parts for m in p[: args.test // 2]]  # type: ignore[index]
                 continue
-            ens = segment_fitted(hub, fitted.calibration) if name == SEGMENT_FITTED else hub.ensemble(name)
+            ens = segment_fitted(hub, names, fitted.calibration) if name == SEGMENT_FITTED else hub.ensemble(name)
             marks, timing[name] = real_marks(ens, test_items[set_name], SETS[set_name][2])
             systems[label] = marks
         rows = rate(systems, list(names))
