@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ensemblehub_core.exceptions import ConfigError
@@ -11,6 +12,8 @@ if TYPE_CHECKING:
     from ensemblehub_core.config import ScorerConfig
     from ensemblehub_core.context import BuildContext
     from ensemblehub_core.generators.hf import HFGenerator
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["agreement", "confidence", "cross_likelihood", "function", "judge", "likelihood", "prm", "reward_model"]
 
@@ -83,6 +86,11 @@ def confidence(cfg: ScorerConfig, ctx: BuildContext) -> Scorer:
     if unknown:
         raise ConfigError(f"scorer '{cfg.display_name}': calibration names unknown member(s) {', '.join(unknown)}; "
                           f"members: {', '.join(ctx.members)}")
+    uncovered = [m for m in ctx.members if m not in calibration]
+    if calibration and uncovered:
+        logger.warning("scorer '%s': calibration has no [slope, intercept] for %s; their candidates abstain "
+                       "(run `ensemblehub calibrate` for this ensemble's members)", cfg.display_name,
+                       ", ".join(uncovered))
     return ConfidenceScorer(cfg.display_name, reduction=o.get("reduction", "mean"), k=int(o.get("k", 4)),
                             calibration=calibration)
 

@@ -48,7 +48,9 @@ class ConfidenceScorer(Scorer):
         reduction: See `reduce_logprobs`.
         k: Tokens for ``last_k``.
         calibration: Member name -> ``(slope, intercept)``: the score becomes ``slope * value + intercept``, the
-            fitted log-odds that the member's candidate is right. Members without an entry keep the raw value.
+            fitted log-odds that the member's candidate is right. With a calibration, a member without an entry
+            abstains (its raw value is on another scale than the others' log-odds, so comparing them would pick
+            by scale, not by signal); the trace says so.
     """
 
     local_compute = False  # reads numbers the members already computed
@@ -83,11 +85,17 @@ class ConfidenceScorer(Scorer):
 
     def calibrated(self, cand: Candidate, calibration: Mapping[str, tuple[float, float]] | None = None
                    ) -> float | None:
-        """The value mapped by its member's ``(slope, intercept)`` from ``calibration`` (default: this scorer's)."""
+        """The value mapped by its member's ``(slope, intercept)`` from ``calibration`` (default: this scorer's).
+
+        An empty calibration keeps every raw value; a member missing from a non-empty one gets None.
+        """
         value = self.raw(cand)
-        if value is None:
+        table = self.calibration if calibration is None else calibration
+        if value is None or not table:
+            return value
+        if cand.member not in table:
             return None
-        slope, intercept = (self.calibration if calibration is None else calibration).get(cand.member, (1.0, 0.0))
+        slope, intercept = table[cand.member]
         return slope * value + intercept
 
     def score(self, request: ScoreRequest) -> list[float | None]:
@@ -96,5 +104,8 @@ class ConfidenceScorer(Scorer):
             value = self.calibrated(cand)
             if value is None and cand.ok and cand.token_logprobs is None:
                 request.notes.append(f"{self.name}: no log-probabilities from '{cand.member}', abstained")
+            elif value is None and cand.ok:
+                request.notes.append(f"{self.name}: no calibration for '{cand.member}', abstained (run "
+                                     "`ensemblehub calibrate` for this ensemble's members)")
             out.append(value)
         return out

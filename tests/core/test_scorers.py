@@ -47,3 +47,30 @@ def test_reductions_and_bad_settings():
         ConfidenceScorer("c", calibration={"m": [1.0]})
     with pytest.raises(ConfigError, match="similarity must be one of"):
         AgreementScorer("a", similarity="vibes")
+
+
+def test_a_member_missing_from_the_calibration_abstains_and_says_so():
+    # A raw mean log-probability (about -0.1) would beat calibrated log-odds (about -0.8) by scale alone.
+    cands = [Candidate(member="strong", text="B", token_logprobs=[-0.5, -0.7]),
+             Candidate(member="added", text="A", token_logprobs=[-0.1])]
+    request = ScoreRequest(messages=Q, prefix="", candidates=cands)
+    scores = ConfidenceScorer("conf", calibration={"strong": [0.0, -0.8]}).score(request)
+    assert scores == [pytest.approx(-0.8), None]
+    assert any("no calibration for 'added'" in n for n in request.notes)
+    # Without a calibration every member keeps its raw value.
+    assert ConfidenceScorer("conf").score(ScoreRequest(messages=Q, prefix="", candidates=cands)) == [
+        pytest.approx(-0.6), pytest.approx(-0.1)]
+
+
+def test_building_a_partial_calibration_warns(caplog: pytest.LogCaptureFixture):
+    from ensemblehub_core.config import ScorerConfig
+    from ensemblehub_core.context import BuildContext
+    from ensemblehub_core.generators.function import FunctionGenerator
+    from ensemblehub_core.pool import ModelPool
+    from ensemblehub_core.scorers.build import confidence
+
+    members = {n: FunctionGenerator(n, lambda m, p, r: "42") for n in ("strong", "added")}
+    ctx = BuildContext(pool=ModelPool(), members=members)  # type: ignore[arg-type]
+    with caplog.at_level("WARNING"):
+        confidence(ScorerConfig(type="confidence", options={"calibration": {"strong": [1.0, 0.0]}}), ctx)
+    assert "no [slope, intercept] for added" in caplog.text
