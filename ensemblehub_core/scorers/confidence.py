@@ -104,7 +104,7 @@ class ConfidenceScorer(Scorer):
             value = self.calibrated(cand)
             if value is None and cand.ok and cand.token_logprobs is None:
                 request.notes.append(f"{self.name}: no log-probabilities from '{cand.member}', abstained")
-            elif value is None and cand.ok:
+            elif value is None and cand.ok and self.calibration and cand.member not in self.calibration:
                 request.notes.append(f"{self.name}: no calibration for '{cand.member}', abstained (run "
                                      "`ensemblehub calibrate` for this ensemble's members)")
             out.append(value)
