@@ -45,13 +45,13 @@ from benchmarks.datasets import (
 from ensemblehub_core import calibration as cal
 from ensemblehub_core.config import HubConfig, ScorerConfig, load_config, parse_config
 from ensemblehub_core.engine import Ensemble, to_messages
-from ensemblehub_core.hub import Hub, build_ensemble
+from ensemblehub_core.hub import Hub
 from ensemblehub_core.scorers.agreement import AgreementScorer
 from ensemblehub_core.scorers.base import ScoringPanel
 from ensemblehub_core.scorers.confidence import ConfidenceScorer
 from ensemblehub_core.scorers.cross_likelihood import CrossLikelihoodScorer
 from ensemblehub_core.scorers.likelihood import LikelihoodScorer
-from ensemblehub_core.types import Candidate, GenerationParams
+from ensemblehub_core.types import Candidate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -101,8 +101,7 @@ def segment_fitted(hub: Hub, names: tuple[str, ...], calibration: dict[str, tupl
         "scorer": [ScorerConfig(type="confidence", options={"calibration": {
             m: list(ab) for m, ab in calibration.items()}})],
         "description": "segments over the rated members, confidence calibrated on the dev split"})
-    defaults = GenerationParams().merged(**hub.config.defaults.model_dump(exclude_none=True))
-    return build_ensemble(cfg, name=SEGMENT_FITTED, pool=hub.pool, defaults=defaults)
+    return hub.build(cfg, name=SEGMENT_FITTED)
 
 
 def with_dtype(cfg: HubConfig, dtype: str) -> HubConfig:

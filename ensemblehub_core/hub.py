@@ -115,11 +115,14 @@ class Hub:
             lock = self._locks.setdefault(name, threading.Lock())
         with lock:
             if name not in self._built:
-                defaults = GenerationParams().merged(**self.config.defaults.model_dump(exclude_none=True))
-                self._built[name] = build_ensemble(
-                    self.config.ensembles[name], name=name, pool=self.pool, defaults=defaults
-                )
+                self._built[name] = self.build(self.config.ensembles[name], name=name)
             return self._built[name]
+
+    def build(self, cfg: EnsembleConfig, *, name: str) -> Ensemble:
+        """Build an ensemble from ``cfg`` with this hub's generation defaults and model pool, not cached (for
+        ensembles made at run time, e.g. with a calibration fitted in the same process)."""
+        defaults = GenerationParams().merged(**self.config.defaults.model_dump(exclude_none=True))
+        return build_ensemble(cfg, name=name, pool=self.pool, defaults=defaults)
 
     def describe(self) -> list[dict[str, Any]]:
         """What `ensemblehub models` prints: each ensemble's members, scorers and strategy."""
