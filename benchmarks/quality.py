@@ -163,21 +163,30 @@ def _read_store(store: Path) -> list[dict[str, Any]]:
 T = TypeVar("T")
 
 
-def kept_per_item(store: Path, set_name: str, split: str, items: list[Item], make: Callable[[Item], T],
-                  to_json: Callable[[T], dict[str, Any]], from_json: Callable[[dict[str, Any]], T]) -> list[T]:
+def kept_per_item(store: Path, set_name: str, split: str, items: list[Item], make: Callable[[list[Item]], list[T]],
+                  to_json: Callable[[T], dict[str, Any]], from_json: Callable[[dict[str, Any]], T],
+                  chunk: int = 1) -> list[T]:
     """Each item's result kept in ``store`` under this set and split (a records, samples or readings split),
-    making only the missing ones, one at a time and appended at once, so a stopped run keeps what it did."""
+    making only the missing ones, ``chunk`` items at a time (``make`` gets a list, returns one result per item)
+    and appended at once, so a stopped run keeps what it did."""
     kept = {row["id"]: from_json(row) for row in _read_store(store)
             if row["set"] == set_name and row["split"] == split}
     todo = [it for it in items if it.id not in kept]
-    for n, it in enumerate(todo, 1):
-        kept[it.id] = make(it)
-        with store.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"set": set_name, "split": split, "id": it.id, **to_json(kept[it.id])}) + "\n")
-        print(f"\r  {set_name} {split}: {n}/{len(todo)}", end="", flush=True)
+    for start in range(0, len(todo), chunk):
+        part = todo[start:start + chunk]
+        for it, result in zip(part, make(part), strict=True):
+            kept[it.id] = result
+            with store.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"set": set_name, "split": split, "id": it.id, **to_json(result)}) + "\n")
+        print(f"\r  {set_name} {split}: {start + len(part)}/{len(todo)}", end="", flush=True)
     if todo:
         print()
     return [kept[it.id] for it in items]
+
+
+def one_at_a_time(make: Callable[[Item], T]) -> Callable[[list[Item]], list[T]]:
+    """`kept_per_item`'s ``make`` from a function of one item."""
+    return lambda part: [make(it) for it in part]
 
 
 def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
@@ -189,18 +198,19 @@ def panel_of(members: dict[str, Any], extractor: str = "auto") -> ScoringPanel:
 
 
 def records_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any],
-                panel: ScoringPanel, max_tokens: int) -> list[cal.Record]:
-    """The kept records of these items, answering and scoring only the ones not kept yet."""
+                panel: ScoringPanel, max_tokens: int, batch: int = 8) -> list[cal.Record]:
+    """The kept records of these items, answering and scoring only the ones not kept yet (``batch`` items at a
+    time: each member decodes them together, as `ensemblehub calibrate` does)."""
+    by_id = {it.id: it for it in items}
 
-    def answer(item: Item) -> cal.Record:
-        def right(text: str, ref: str) -> bool:
-            return is_correct(item, text)
+    def right(text: str, item_id: str) -> bool:  # the "reference" handed to collect is the item's id
+        return is_correct(by_id[item_id], text)
 
-        (rec,) = asyncio.run(cal.collect(members, panel, [(item.id, to_messages(item.prompt), item.answer)],
-                                         right, max_tokens))
-        return rec
+    def answer(part: list[Item]) -> list[cal.Record]:
+        return asyncio.run(cal.collect(members, panel, [(it.id, to_messages(it.prompt), it.id) for it in part],
+                                       right, max_tokens, batch=batch))
 
-    return kept_per_item(store, set_name, split, items, answer, _record_to_json, _record_from_json)
+    return kept_per_item(store, set_name, split, items, answer, _record_to_json, _record_from_json, chunk=batch)
 
 
 def readings_for(store: Path, set_name: str, split: str, items: list[Item], members: dict[str, Any]
@@ -215,7 +225,7 @@ def readings_for(store: Path, set_name: str, split: str, items: list[Item], memb
             raise SystemExit(f"{set_name} item {item.id} lists no lettered options the choice strategy can read")
         return readings[0]
 
-    return kept_per_item(store, set_name, f"{split}-choice", items, read,
+    return kept_per_item(store, set_name, f"{split}-choice", items, one_at_a_time(read),
                          lambda r: {"members": r.members, "answer": r.answer},
                          lambda row: cal.Reading(id=row["id"], members=row["members"], answer=row["answer"]))
 
@@ -253,7 +263,8 @@ def samples_for(store: Path, set_name: str, split: str, items: list[Item], ens: 
         return cal.Record(id=item.id, candidates=cands, scores={},
                           correct=[c.ok and is_correct(item, c.text) for c in cands])
 
-    return kept_per_item(store, set_name, f"{split}-samples", items, sample, _record_to_json, _record_from_json)
+    return kept_per_item(store, set_name, f"{split}-samples", items, one_at_a_time(sample), _record_to_json,
+                         _record_from_json)
 
 
 def extractor_of(item: Item) -> str:
@@ -292,17 +303,30 @@ def select_marks(records: list[cal.Record], panel: ScoringPanel, weights: dict[s
     return [int(cal.select_accuracy([r], panel, weights, calibration)) for r in records]
 
 
-def real_marks(ens: Ensemble, items: list[Item], max_tokens: int) -> tuple[list[int], dict[str, float]]:
-    """Run an ensemble on the items; its marks and the seconds spent generating vs scoring."""
-    marks, gen_s, score_s = [], 0.0, 0.0
-    for i, it in enumerate(items, 1):
-        result = ens.generate(it.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
-        marks.append(int(is_correct(it, result.text)))
-        gen_s += sum(r.generate_s for r in result.trace)
-        score_s += sum(r.score_s for r in result.trace)
-        print(f"\r  {ens.name:12s} {sum(marks)}/{i}", end="", flush=True)
-    print()
-    return marks, {"generate_s": round(gen_s, 2), "score_s": round(score_s, 2)}
+def real_marks(store: Path, set_name: str, ens: Ensemble, fingerprint: str, items: list[Item], max_tokens: int
+               ) -> tuple[list[int], dict[str, float]]:
+    """Run an ensemble on the items; its marks and the seconds spent generating vs scoring.
+
+    Each item's answer is kept in ``store`` under the split ``test-real-NAME-FINGERPRINT``, so a stopped run
+    resumes; ``fingerprint`` names the ensemble's config, so a changed config answers afresh.
+    """
+
+    def answer(item: Item) -> dict[str, Any]:
+        result = ens.generate(item.prompt, max_tokens=max_tokens, temperature=0.0, seed=0)
+        return {"text": result.text, "generate_s": sum(r.generate_s for r in result.trace),
+                "score_s": sum(r.score_s for r in result.trace)}
+
+    rows = kept_per_item(store, set_name, f"test-real-{ens.name}-{fingerprint}", items, one_at_a_time(answer),
+                         lambda row: row, lambda row: row)
+    marks = [int(is_correct(it, row["text"])) for it, row in zip(items, rows, strict=True)]
+    print(f"  {ens.name}: {sum(marks)}/{len(marks)} right")
+    return marks, {"generate_s": round(sum(r["generate_s"] for r in rows), 2),
+                   "score_s": round(sum(r["score_s"] for r in rows), 2)}
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short name for the config an ensemble was built from (its parts as JSON)."""
+    return f"{zlib.crc32(json.dumps(parts, sort_keys=True, default=str).encode()):08x}"
 
 
 def rate(systems: dict[str, list[int]], members: list[str]) -> list[dict[str, Any]]:
@@ -443,8 +467,12 @@ def main() -> None:
                 if all(p is not None for p in parts):
                     systems[label] = [m for p in parts for m in p[: args.test // 2]]  # type: ignore[index]
                 continue
-            ens = segment_fitted(hub, names, fitted.calibration) if name == SEGMENT_FITTED else hub.ensemble(name)
-            marks, timing[name] = real_marks(ens, test_items[set_name], SETS[set_name][2])
+            if name == SEGMENT_FITTED:
+                ens = segment_fitted(hub, names, fitted.calibration)
+                key = fingerprint(hub.config.ensembles["trio"].model_dump(), names, fitted.calibration, args.dtype)
+            else:
+                ens, key = hub.ensemble(name), fingerprint(hub.config.ensembles[name].model_dump())
+            marks, timing[name] = real_marks(store, set_name, ens, key, test_items[set_name], SETS[set_name][2])
             systems[label] = marks
         rows = rate(systems, list(names))
         report[set_name] = {"rows": rows, "timing": timing, "calibration": fitted.calibration,

@@ -20,6 +20,7 @@ readings carry no signal gets little say.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,7 @@ async def collect(
     is_right: Callable[[str, str], bool],
     max_tokens: int,
     progress: Callable[[int, int], None] | None = None,
+    batch: int = 8,
 ) -> list[Record]:
     """Every member's greedy answer to every item, scored by the panel's scorers and marked right or wrong.
 
@@ -105,28 +107,55 @@ async def collect(
         is_right: ``(answer text, reference) -> bool``.
         max_tokens: Budget for each answer.
         progress: Called with (done, total) after each item.
+        batch: Items each member answers together (`Generator.complete_many`): a transformers member decodes
+            them in shared forward passes, several times faster on a CPU than one at a time, with the same
+            greedy answers.
     """
-    from ensemblehub_core.generators.base import SegmentRequest
     from ensemblehub_core.scorers.base import ScoreRequest
 
-    records = []
-    request = SegmentRequest(max_new_tokens=max_tokens, temperature=0.0)
-    for n, (item_id, messages, reference) in enumerate(items, 1):
-        cands = []
-        for name, gen in members.items():
-            try:
-                cands.append(await gen.complete(messages, "", request))
-            except Exception as exc:  # a failing member costs its answer, not the calibration
-                cands.append(Candidate(member=name, text="", finish_reason="error", error=str(exc)))
-        scores: dict[str, list[float | None]] = {}
-        if panel is not None:
-            result = await panel.score(ScoreRequest(messages=messages, prefix="", candidates=cands))
-            scores = result.by_scorer
-        records.append(Record(id=item_id, candidates=cands, scores=scores,
-                              correct=[c.ok and is_right(c.text, reference) for c in cands]))
-        if progress is not None:
-            progress(n, len(items))
+    if batch < 1:
+        raise InputError(f"the batch size must be at least 1, got {batch}")
+    records: list[Record] = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        answers = {name: await _answer_all(name, gen, [messages for _, messages, _ in chunk], max_tokens)
+                   for name, gen in members.items()}
+        for k, (item_id, messages, reference) in enumerate(chunk):
+            cands = [answers[name][k] for name in members]
+            scores: dict[str, list[float | None]] = {}
+            if panel is not None:
+                result = await panel.score(ScoreRequest(messages=messages, prefix="", candidates=cands))
+                scores = result.by_scorer
+            records.append(Record(id=item_id, candidates=cands, scores=scores,
+                                  correct=[c.ok and is_right(c.text, reference) for c in cands]))
+            if progress is not None:
+                progress(len(records), len(items))
     return records
+
+
+async def _answer_all(name: str, gen: Any, conversations: Sequence[list[Message]], max_tokens: int
+                      ) -> list[Candidate]:
+    """One member's greedy answers to several conversations, decoded together where the backend batches.
+
+    When the batch fails (e.g. one prompt is too long for the context), each conversation is answered alone,
+    so the failure costs only the answers that fail on their own.
+    """
+    from ensemblehub_core.generators.base import SegmentRequest
+
+    request = SegmentRequest(max_new_tokens=max_tokens, temperature=0.0)
+    if len(conversations) > 1:
+        try:
+            return list(await gen.complete_many([(m, "") for m in conversations], request))
+        except Exception as exc:  # answered one at a time below, where each failure is recorded on its own
+            logging.getLogger(__name__).info("member '%s' failed on a batch of %d dev items (%s); answering them "
+                                             "one at a time", name, len(conversations), exc)
+    out = []
+    for messages in conversations:
+        try:
+            out.append(await gen.complete(messages, "", request))
+        except Exception as exc:  # a failing member costs its answer, not the calibration
+            out.append(Candidate(member=name, text="", finish_reason="error", error=str(exc)))
+    return out
 
 
 def fit_logistic(rows: Sequence[Sequence[float]], labels: Sequence[bool], l2: float = 1e-2,

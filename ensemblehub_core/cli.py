@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--extractor", default="auto", help="final-answer extractor: auto, choice, last_number, ...")
     cal.add_argument("--heldout", type=float, default=0.3, help="share of the dev items kept out of the fit")
     cal.add_argument("--output", required=True, help="where to write the calibrated config (YAML)")
+    cal.add_argument("--batch", type=int, default=8,
+                     help="dev items each member answers together (decoded in shared passes where the backend "
+                     "batches; 1: one at a time)")
 
     models = sub.add_parser("models", help="list the configured ensembles and their members")
     models.add_argument("--config")
@@ -185,6 +188,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                              "name the reference answer's field with --answer-field")
         items.append((ex.id, ex.messages, str(ex.fields[args.answer_field])))
     fit_ids, heldout_ids = cal.split([i for i, _, _ in items], args.heldout)  # a bad share fails before any work
+    if args.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {args.batch}")
     data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     if isinstance(ens.strategy, ChoiceStrategy):
         report = _calibrate_choice(ens, ens.strategy.params, items, args.heldout)
@@ -244,7 +249,7 @@ def _calibrate_panel(ens: Ensemble, items: list[tuple[str, list[Message], str]],
 
     max_tokens = int(args.max_tokens or default_max or 256)
     records = asyncio.run(cal.collect(ens.members, ens.panel, items, right, max_tokens,
-                                      _progress("answered and scored")))
+                                      _progress("answered and scored"), batch=args.batch))
     print(file=sys.stderr)
     by_id = {r.id: r for r in records}
     fitted = [by_id[i] for i in fit_ids]

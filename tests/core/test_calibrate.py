@@ -115,3 +115,58 @@ def test_calibrate_does_not_warn_when_the_fit_helps(files, tmp_path, capsys):
     assert main(["calibrate", "--config", str(config), "--ensemble", "pair", "--dev", str(dev),
                  "--output", str(tmp_path / "c.yaml")]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def _items(n: int) -> list[tuple[str, list[Message], str]]:
+    return [(f"q{i}", [Message(role="user", content=f"What is {i} + {2 * i}?")], str(3 * i)) for i in range(1, n + 1)]
+
+
+def _right(text: str, ref: str) -> bool:
+    return text.rstrip(".").split()[-1] == ref
+
+
+def test_collect_in_batches_gives_the_records_of_one_item_at_a_time():
+    import asyncio
+
+    from ensemblehub_core.generators.function import FunctionGenerator
+    from tests.fakes import adds_right, adds_wrong
+
+    members = {"unsure": FunctionGenerator("unsure", adds_right, token_logprob=-2.0),
+               "sure": FunctionGenerator("sure", adds_wrong, token_logprob=-0.1)}
+    alone = asyncio.run(cal.collect(members, None, _items(7), _right, 16, batch=1))
+    seen: list[tuple[int, int]] = []
+    batched = asyncio.run(cal.collect(members, None, _items(7), _right, 16,
+                                      progress=lambda d, t: seen.append((d, t)), batch=3))
+    assert [r.id for r in batched] == [f"q{i}" for i in range(1, 8)]
+    assert [[c.text for c in r.candidates] for r in batched] == [[c.text for c in r.candidates] for r in alone]
+    assert [r.correct for r in batched] == [[True, False]] * 7
+    assert seen == [(i, 7) for i in range(1, 8)]  # progress after every item, not every batch
+    with pytest.raises(InputError, match="at least 1"):
+        asyncio.run(cal.collect(members, None, _items(2), _right, 16, batch=0))
+
+
+def test_collect_keeps_a_batch_whose_one_item_fails():
+    # The batch fails as a whole; its items are answered one at a time, and only the item that fails alone
+    # costs the member's answer.
+    import asyncio
+
+    from ensemblehub_core.generators.function import FunctionGenerator
+    from tests.fakes import adds_right
+
+    def breaks_on_five(messages, prefix, request):
+        if "5 + 10" in messages[-1].content:
+            raise RuntimeError("this prompt breaks the member")
+        return adds_right(messages, prefix, request)
+
+    members = {"fragile": FunctionGenerator("fragile", breaks_on_five)}
+    records = asyncio.run(cal.collect(members, None, _items(6), _right, 16, batch=4))
+    assert [r.correct for r in records] == [[True], [True], [True], [True], [False], [True]]
+    failed = records[4].candidates[0]
+    assert failed.finish_reason == "error" and "breaks the member" in (failed.error or "")
+
+
+def test_calibrate_rejects_a_batch_below_one(files, tmp_path, capsys):
+    config, dev = files
+    assert main(["calibrate", "--config", str(config), "--dev", str(dev), "--batch", "0",
+                 "--output", str(tmp_path / "c.yaml")]) == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err

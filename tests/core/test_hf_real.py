@@ -90,6 +90,35 @@ def test_batched_prompts_match_single_prompts(smol32: HFGenerator):
     assert [c.text for c in batched] == [c.text for c in single]
 
 
+def test_calibration_answers_in_batches_as_one_at_a_time(smol32: HFGenerator):
+    # `ensemblehub calibrate` decodes a member's dev answers together: the same greedy answers and
+    # log-probabilities (what confidence is fitted on) as answering one item at a time.
+    from ensemblehub_core import calibration as cal
+
+    items = [(f"q{i}", [Message(role="user", content=q)], ref) for i, (q, ref) in enumerate(
+        [("What is the capital of France?", "Paris"), ("Name three colors.", "red"), ("What is 2 + 2?", "4")])]
+
+    def right(text: str, ref: str) -> bool:
+        return ref in text
+
+    members = {"smol": smol32}
+    alone = run(cal.collect(members, None, items, right, 16, batch=1))
+    batched = run(cal.collect(members, None, items, right, 16, batch=3))
+    for a, b in zip(alone, batched, strict=True):
+        (ca,), (cb,) = a.candidates, b.candidates
+        assert (cb.text, cb.finish_reason, b.correct) == (ca.text, ca.finish_reason, a.correct)
+        assert cb.token_logprobs == pytest.approx(ca.token_logprobs, abs=1e-4)
+
+    # A prompt too long for the context fails the batch; the others are still answered, one at a time.
+    width = len(smol32.encode_prompt(items[0][1]))
+    short = HFGenerator("smol", dataclasses.replace(smol32.loaded, context_length=width + 8))
+    long_item = ("long", [Message(role="user", content="Tell me about the sea. " * 20)], "sea")
+    kept = run(cal.collect({"smol": short}, None, [items[0], long_item], right, 4, batch=2))
+    first = kept[0].candidates[0]
+    assert first.ok and first.text and alone[0].candidates[0].text.startswith(first.text)
+    assert kept[1].candidates[0].finish_reason == "error" and "context" in (kept[1].candidates[0].error or "")
+
+
 def test_stop_strings_delimiters_and_eos(smol: HFGenerator):
     msgs = [Message(role="user", content="What is the capital of France? One short sentence.")]
     full = run(smol.complete(msgs, "", SegmentRequest(max_new_tokens=40)))
