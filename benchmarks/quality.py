@@ -5,7 +5,8 @@ log-probabilities and the scorers' scores are kept per item in ``benchmarks/resu
 stopped run resumes. Calibration (`ensemblehub_core.calibration`) is fitted on the dev split only; every figure
 is on the test split. Response-level selection among the members' answers is exactly what ``best_of_n`` over
 these members does with greedy answers, so it is computed from the kept answers; the segment ensembles run for
-real on the test items.
+real on the test items, their answers kept per item as well (under a fingerprint of the ensemble's config, so a
+changed config answers afresh). Each member answers the records' items eight at a time, decoded together.
 On multiple-choice sets every member also reads each item's options as the ``choice`` strategy does (kept per
 item too), and ``choice`` is rated from those readings: each member alone, the pool with equal weights, and the
 pool with the weights `ensemblehub calibrate` fits on the dev readings.
@@ -172,6 +173,11 @@ def kept_per_item(store: Path, set_name: str, split: str, items: list[Item], mak
     kept = {row["id"]: from_json(row) for row in _read_store(store)
             if row["set"] == set_name and row["split"] == split}
     todo = [it for it in items if it.id not in kept]
+    if todo and store.exists() and store.stat().st_size:
+        with store.open("rb+") as f:  # end a line a stop left half written, so the next row starts a line
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
         for it, result in zip(part, make(part), strict=True):
