@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,9 +28,8 @@ def _tok_folders(root: Path) -> Path:
     return root
 
 
-def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: str) -> list[dict[str, Any]]:
+    """gpu_bench's rows from one run with ``args``, which must succeed."""
     from benchmarks import gpu_bench
     from benchmarks.random_models import tok_root
 
@@ -37,13 +37,35 @@ def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv("ENSEMBLEHUB_GPU_TOK", str(_tok_folders(tmp_path / "tok")))
     monkeypatch.setenv("ENSEMBLEHUB_GPU_MODELS", str(tmp_path / "models"))
     out = tmp_path / "out"
-    threads = torch.get_num_threads()
-    rc = gpu_bench.main(["--device", "cpu", "--deep", "--only", "token", "--runs", "1", "--out", str(out)])
+    rc = gpu_bench.main(["--device", "cpu", *args, "--runs", "1", "--out", str(out)])
     rows = [json.loads(line) for line in (out / "gpu_bench.jsonl").read_text().splitlines()]
     errors = [r for r in rows if r["name"] == "error"]
     assert rc == 0 and not errors, errors
+    return rows
+
+
+def test_token_level_rows_time_every_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    rows = _run(tmp_path, monkeypatch, "--deep", "--only", "token")
     token = {r["strategy"]: r for r in rows if r["name"] == "token_level"}
     assert set(token) == {"gac", "unite"}
     for row in token.values():
         assert row["step_ms"] > 0 and row["ratio"] > 0
     assert torch.get_num_threads() == threads  # the proxy's one thread does not outlive it
+
+
+def test_segment_rows_count_passes_and_kept_caches_forward_fewer_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = _run(tmp_path, monkeypatch, "--small", "--only", "segment")
+    seg = {r["mode"]: r for r in rows if r["name"] == "segment"}
+    kept, again = seg["kept"], seg["reencoded"]
+    assert kept["tokens"] == again["tokens"] == 32 and kept["rounds"] == again["rounds"] == 2
+    # Keeping caches saves tokens, not passes: each round every member runs one pass per token it writes
+    # either way (the scorer's passes, on qwen, too), and re-encoding runs the whole prefix in the first.
+    assert kept["passes"] == again["passes"]
+    assert kept["passes"]["smol"] == 32 and kept["passes"]["qwen"] > 32
+    for name in ("qwen", "smol"):
+        assert kept["tokens_forwarded"][name] < again["tokens_forwarded"][name]
