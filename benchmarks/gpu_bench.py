@@ -185,12 +185,11 @@ def bench_segment(b: Bench, models: dict[str, str]) -> None:
         finally:
             counter.close()
         times[name] = t
-        rounds = len(result.trace)
+        rounds, passes = len(result.trace), sum(counter.passes.values())
         b.write("segment", mode=name, tokens=result.usage.completion_tokens, s=round(t, 3),
                 accepted_tok_s=round(result.usage.completion_tokens / t, 2), rounds=rounds,
                 passes=counter.passes, tokens_forwarded=counter.tokens,
-                passes_per_round=round(sum(counter.passes.values()) / max(1, rounds), 2),
-                ms_per_pass=round(1000 * t / max(1, sum(counter.passes.values())), 2))
+                passes_per_round=round(passes / max(1, rounds), 2), ms_per_pass=round(1000 * t / max(1, passes), 2))
     b.write("segment_kept_vs_reencoded", speedup=round(times["reencoded"] / times["kept"], 3), goal=">= 1.3")
 
 
